@@ -1,0 +1,123 @@
+"""All settings, read from environment variables and `.env` (pydantic-settings).
+
+Lists and maps are JSON in environment variables, e.g.
+`STUN_SERVERS='[]'` or `ICE_HOST_ADDRESSES='["127.0.0.1"]'`.
+A wrong value stops start-up with one line naming the setting (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+APP_NAME = "AI Video Streaming Backend"
+APP_VERSION = "1.0.0"
+
+
+class IceServer(BaseModel):
+    """One STUN or TURN server, in the browser's `RTCIceServer` shape."""
+
+    urls: Union[str, list[str]]
+    username: Optional[str] = None
+    credential: Optional[str] = None
+
+    @field_validator("urls")
+    @classmethod
+    def _check_scheme(cls, v: Union[str, list[str]]) -> Union[str, list[str]]:
+        for url in [v] if isinstance(v, str) else v:
+            if not url.split(":", 1)[0] in ("stun", "stuns", "turn", "turns"):
+                raise ValueError(f"{url!r} is not a stun:, stuns:, turn: or turns: URL")
+        return v
+
+
+class InvalidSettings(SystemExit):
+    """Raised (as a clean exit) when a setting has a wrong value."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
+
+    # Server
+    SERVER_HOST: str = "0.0.0.0"
+    SERVER_PORT: int = Field(8000, ge=1, le=65535)
+    DEBUG_MODE: bool = False
+    SSL_CERTFILE: Optional[Path] = None
+    SSL_KEYFILE: Optional[Path] = None
+
+    # Video
+    VIDEO_FILE_PATH: Optional[str] = None
+    MEDIA_DIR: Path = Path("./media")
+    TARGET_FPS: int = Field(30, ge=1, le=120)
+    DEFAULT_WIDTH: int = Field(640, ge=16, le=3840)
+    DEFAULT_HEIGHT: int = Field(480, ge=16, le=2160)
+
+    # WebRTC
+    STUN_SERVERS: list[Union[str, IceServer]] = [IceServer(urls="stun:stun.l.google.com:19302")]
+    TURN_SERVERS: list[IceServer] = []
+    ICE_HOST_ADDRESSES: list[str] = []
+
+    # HTTP and sessions
+    CORS_ORIGINS: list[str] = ["*"]
+    MAX_SESSIONS: int = Field(100, ge=1)
+    CONNECT_TIMEOUT: float = Field(20.0, gt=0)
+    PEER_INACTIVITY_TIMEOUT: float = Field(10.0, gt=0)
+    MAX_BODY_BYTES: int = Field(65536, ge=1024)
+
+    @field_validator("STUN_SERVERS", mode="after")
+    @classmethod
+    def _stun_objects(cls, v: list[Union[str, IceServer]]) -> list[Union[str, IceServer]]:
+        return [IceServer(urls=s) if isinstance(s, str) else s for s in v]
+
+    @field_validator("ICE_HOST_ADDRESSES")
+    @classmethod
+    def _ip_addresses(cls, v: list[str]) -> list[str]:
+        return [str(ipaddress.ip_address(a)) for a in v]
+
+    @field_validator("DEFAULT_WIDTH", "DEFAULT_HEIGHT")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        # I420 (what video encoders take) needs even dimensions.
+        if v % 2:
+            raise ValueError("must be an even number")
+        return v
+
+    @model_validator(mode="after")
+    def _ssl_pair(self) -> "Settings":
+        if bool(self.SSL_CERTFILE) != bool(self.SSL_KEYFILE):
+            raise ValueError("SSL_CERTFILE and SSL_KEYFILE must be set together")
+        return self
+
+    @property
+    def ice_servers(self) -> list[IceServer]:
+        return [s for s in self.STUN_SERVERS if isinstance(s, IceServer)] + list(self.TURN_SERVERS)
+
+    @property
+    def media_dir(self) -> Path:
+        return self.MEDIA_DIR.resolve()
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"][:1]) or "settings"
+        return f"Invalid setting {name}: {err['msg']} (got {err.get('input')!r})"
+    # SettingsError: pydantic-settings could not decode a JSON value.
+    return f"Invalid setting: {exc}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings; on a wrong value exit with one readable line."""
+    try:
+        return Settings(**overrides)
+    except (ValidationError, SettingsError) as exc:
+        raise InvalidSettings(_one_line(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,276 @@
+"""VisionGuard: the FastAPI app, its lifespan, CORS, error handlers and `/ /health /info`.
+
+`python main.py` serves it with uvicorn in one process; `uvicorn main:app` works too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from contextlib import asynccontextmanager
+from typing import Literal, Optional
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from config import APP_NAME, APP_VERSION, Settings, get_settings, load_settings
+from pipelines import PipelineHub
+from rtc import restrict_host_addresses
+from sessions import SessionManager
+from signaling import ErrorResponse, router
+from sources.spec import default_source
+
+log = logging.getLogger("visionguard")
+
+
+# -- response models ------------------------------------------------------------
+class RootResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "service": APP_NAME, "version": APP_VERSION, "status": "running",
+        "endpoints": {"docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json", "health": "/health",
+                      "info": "/info", "api": {"offer": "/api/offer", "sessions": "/api/sessions"}}}]})
+
+    service: str
+    version: str
+    status: Literal["running"] = "running"
+    endpoints: dict
+
+
+class SourceStatus(BaseModel):
+    name: str = Field(description="Source name")
+    kind: str = Field(description='"file" or "synthetic"')
+    detail: str = Field(description="File name, or what the synthetic source stands in for")
+
+
+class HealthResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "status": "healthy", "service": APP_NAME, "version": APP_VERSION, "video_available": True,
+        "source": {"name": "default", "kind": "synthetic", "detail": "built-in synthetic pattern"},
+        "problems": [], "active_sessions": 0}]})
+
+    status: Literal["healthy", "degraded"]
+    service: str
+    version: str
+    video_available: bool = Field(description="The default source can produce video")
+    source: SourceStatus = Field(description="The active default source")
+    problems: list[str] = Field(description="What makes the service degraded (empty when healthy)")
+    active_sessions: int
+
+
+class InfoResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "application": {"name": APP_NAME, "version": APP_VERSION},
+        "video": {"path": None, "exists": False, "source": "synthetic", "target_fps": 30, "resolution": "640x480"},
+        "webrtc": {"stun_servers": [], "turn_servers": [], "ice_host_addresses": ["127.0.0.1"]},
+        "sessions": {"active": 0, "peer_connections": 0, "max": 100},
+        "pipelines": {"captures_started": 0, "pipelines_started": 0, "captures": [], "pipelines": []}}]})
+
+    application: dict
+    video: dict
+    webrtc: dict
+    sessions: dict
+    pipelines: dict = Field(description="Live captures and pipelines with their counters")
+
+
+# -- app ---------------------------------------------------------------------------
+def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        _logging(settings)
+        restrict_host_addresses(settings.ICE_HOST_ADDRESSES)
+        app.state.sessions.start()
+        print_banner(settings, app.state.sources["default"])
+        yield
+        await app.state.sessions.close_all()
+        await asyncio.to_thread(app.state.hub.stop_all)
+        log.info("shut down: every session closed, every pipeline stopped")
+
+    app = FastAPI(
+        title=APP_NAME, version=APP_VERSION, lifespan=lifespan,
+        description="Real-time AI video processing, streamed to browsers over WebRTC. "
+                    "Post an SDP offer to `/api/offer`; the answer carries a `session_id`.",
+    )
+    app.state.settings = settings
+    app.state.sources = {"default": default_source(settings.VIDEO_FILE_PATH, settings.media_dir)}
+    app.state.hub = PipelineHub(settings.DEFAULT_WIDTH, settings.DEFAULT_HEIGHT, settings.TARGET_FPS)
+    app.state.sessions = SessionManager(settings.MAX_SESSIONS, settings.CONNECT_TIMEOUT,
+                                        settings.PEER_INACTIVITY_TIMEOUT)
+
+    app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES)
+    app.add_middleware(
+        CORSMiddleware, allow_origins=settings.CORS_ORIGINS, allow_methods=["*"], allow_headers=["*"],
+        allow_credentials="*" not in settings.CORS_ORIGINS)
+    _add_error_handlers(app)
+    app.include_router(router)
+    _add_root_routes(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's list of schema errors; bodies that are not JSON land here too.
+        return JSONResponse({"detail": _jsonable_errors(exc.errors())}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "Internal server error; see the server log."}, status_code=500)
+
+
+def _jsonable_errors(errors) -> list:
+    out = []
+    for e in errors:
+        e = dict(e)
+        e.pop("ctx", None)  # may hold exception objects
+        if isinstance(e.get("input"), (bytes, bytearray)):
+            e["input"] = e["input"][:200].decode("utf-8", "replace")
+        out.append(e)
+    return out
+
+
+def _add_root_routes(app: FastAPI) -> None:
+    @app.get("/", response_model=RootResponse, tags=["service"], summary="API information")
+    async def root() -> RootResponse:
+        return RootResponse(service=APP_NAME, version=APP_VERSION, endpoints={
+            "docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json", "health": "/health",
+            "info": "/info",
+            "api": {"offer": "/api/offer", "sessions": "/api/sessions", "session": "/api/session/{session_id}",
+                    "health": "/api/health"}})
+
+    @app.get("/health", response_model=HealthResponse, tags=["service"], summary="Health check")
+    async def health(request: Request) -> HealthResponse:
+        s: Settings = request.app.state.settings
+        spec = request.app.state.sources["default"]
+        problems = []
+        if s.VIDEO_FILE_PATH and s.VIDEO_FILE_PATH != "synthetic" and spec.kind == "synthetic":
+            problems.append(f"VIDEO_FILE_PATH {s.VIDEO_FILE_PATH!r} was not found; "
+                            "streaming the synthetic source instead.")
+        for cap in request.app.state.hub.stats()["captures"]:
+            if cap["state"] in ("reconnecting", "failed"):
+                problems.append(f"Source {cap['source']} is {cap['state']}: {cap['last_error']}")
+        return HealthResponse(
+            status="degraded" if problems else "healthy", service=APP_NAME, version=APP_VERSION,
+            video_available=True, source=_source_status(spec), problems=problems,
+            active_sessions=len(request.app.state.sessions.sessions))
+
+    @app.get("/info", response_model=InfoResponse, tags=["service"], summary="Service configuration and counters")
+    async def info(request: Request) -> InfoResponse:
+        s: Settings = request.app.state.settings
+        spec = request.app.state.sources["default"]
+        sessions: SessionManager = request.app.state.sessions
+        return InfoResponse(
+            application={"name": APP_NAME, "version": APP_VERSION},
+            video={"path": s.VIDEO_FILE_PATH, "exists": spec.kind == "file", "source": spec.kind,
+                   "target_fps": s.TARGET_FPS, "resolution": f"{s.DEFAULT_WIDTH}x{s.DEFAULT_HEIGHT}"},
+            webrtc={"stun_servers": [x.model_dump(exclude_none=True) for x in s.STUN_SERVERS],
+                    "turn_servers": [{"urls": t.urls} for t in s.TURN_SERVERS],  # no credentials here
+                    "ice_host_addresses": s.ICE_HOST_ADDRESSES},
+            sessions={"active": len(sessions.sessions), "peer_connections": len(sessions.peer_connections),
+                      "max": s.MAX_SESSIONS, "closed": sessions.closed_reasons},
+            pipelines=request.app.state.hub.stats())
+
+
+def _source_status(spec) -> SourceStatus:
+    detail = spec.path.name if spec.kind == "file" else "built-in synthetic pattern"
+    return SourceStatus(name=spec.name, kind=spec.kind, detail=detail)
+
+
+class BodySizeLimit:
+    """Refuse request bodies over `max_bytes` with 413, by header or by counting the stream."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._too_large(send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await self._too_large(send)
+
+    async def _too_large(self, send) -> None:
+        response = JSONResponse({"detail": f"Request body is larger than {self.max_bytes} bytes."}, status_code=413)
+        await response({"type": "http"}, None, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def print_banner(settings: Settings, spec) -> None:
+    host = "localhost" if settings.SERVER_HOST in ("0.0.0.0", "::") else settings.SERVER_HOST
+    scheme = "https" if settings.SSL_CERTFILE else "http"
+    base = f"{scheme}://{host}:{settings.SERVER_PORT}"
+    line = "=" * 70
+    if spec.kind == "file":
+        video = f"✓ Video file found: {spec.path.name}"
+    elif settings.VIDEO_FILE_PATH and settings.VIDEO_FILE_PATH != "synthetic":
+        video = f"⚠ Video file not found: {settings.VIDEO_FILE_PATH} (streaming the built-in synthetic source)"
+    else:
+        video = "✓ No VIDEO_FILE_PATH set: streaming the built-in synthetic source"
+    cors = ("✓ CORS: Allowing all origins (development mode)" if "*" in settings.CORS_ORIGINS
+            else f"✓ CORS: Allowing {', '.join(settings.CORS_ORIGINS)}")
+    print("\n".join([
+        line, f"Starting {APP_NAME} v{APP_VERSION}", line, video, cors,
+        f"✓ API docs: {base}/docs", f"✓ Health:   {base}/health",
+        "✓ Application started successfully", line]), flush=True)
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=logging.DEBUG if settings.DEBUG_MODE else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.DEBUG_MODE:  # aiortc/aioice are chatty at INFO
+        for name in ("aiortc", "aioice"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+app = create_app()
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = load_settings()
+    uvicorn.run(
+        app, host=settings.SERVER_HOST, port=settings.SERVER_PORT,
+        log_level="debug" if settings.DEBUG_MODE else "info",
+        ssl_certfile=str(settings.SSL_CERTFILE) if settings.SSL_CERTFILE else None,
+        ssl_keyfile=str(settings.SSL_KEYFILE) if settings.SSL_KEYFILE else None)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+            sys.exit(2)
+        raise

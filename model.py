@@ -1,0 +1,228 @@
+"""`AIProcessor`: the pipeline of one (source, model), shared by every viewer of it.
+
+    capture thread (per source) ──slot──► process thread ──slot──► clock thread ──► viewers
+                                          (model + overlay)        (TARGET_FPS, I420)
+
+- The process thread takes the newest captured frame, runs the model once on it and draws
+  the status band; frames that arrived meanwhile are skipped, never queued.
+- The clock thread owns the output rate: every tick it publishes the newest processed frame
+  (repeating it when the source is slower or stalled, a placeholder before the first one),
+  converted once to I420 for every viewer.
+- Viewers (`ai_stream.AIProcessedStream`) await `next_frame()` on the event loop. The clock
+  hands each tick to the loop through a one-deep latest-value hand-off, so a busy loop sees
+  the newest tick, not a backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import cv2
+import numpy as np
+from aiortc.mediastreams import MediaStreamError
+
+from detectors import Detection, Processor
+from meters import RateMeter
+from overlay import draw_status, placeholder
+from slots import LatestSlot
+from sources.capture import Capture
+from workers import Worker
+
+VIDEO_CLOCK_RATE = 90000  # RTP video clock: pts are in 1/90000 s
+
+
+@dataclass(frozen=True)
+class ProcessedFrame:
+    frame_id: int
+    ts: float
+    image: np.ndarray  # BGR with overlay, read-only
+    detections: list[Detection]
+    inference_ms: float
+
+
+@dataclass(frozen=True)
+class OutFrame:
+    """One clock tick as every viewer receives it. `i420` is shared and read-only."""
+
+    tick: int
+    pts: int  # 90 kHz
+    frame_id: int  # source frame shown (0 before the first one)
+    ts: float  # Unix seconds at capture of that frame
+    i420: np.ndarray
+    width: int
+    height: int
+
+
+class AIProcessor:
+    def __init__(self, capture: Capture, processor: Processor, fps: int) -> None:
+        self.capture = capture
+        self.processor = processor
+        self.source = capture.spec.name
+        self.model = processor.name
+        self.fps = fps
+        self.width, self.height = capture.width, capture.height
+        self.viewers = 0
+        # counters, read by /info
+        self.frames_processed = 0
+        self.frames_skipped = 0
+        self.ticks = 0
+        self.inference_ms = 0.0  # moving mean
+        self.process_rate = RateMeter()
+
+        self._processed: LatestSlot[ProcessedFrame] = LatestSlot()
+        self._seen_capture = 0
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._next: Optional[asyncio.Future] = None
+        self._closed = False
+        # clock state
+        self._t0 = 0.0
+        self._last_tick = -1
+        self._shown_key: tuple = ()
+        self._shown_i420: Optional[np.ndarray] = None
+        self._shown: Optional[ProcessedFrame] = None
+        # one-deep hand-off from the clock thread to the event loop
+        self._handoff_lock = threading.Lock()
+        self._handoff: Optional[OutFrame] = None
+        self._handoff_scheduled = False
+
+        tag = f"{self.source}-{self.model}"
+        self.proc_worker = Worker(f"vg-proc-{tag}", self._process_step)
+        self.clock_worker = Worker(f"vg-clock-{tag}", self._clock_step)
+
+    # -- lifecycle (called on the event loop / from a helper thread) -------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._next = loop.create_future()
+        self._t0 = time.monotonic()
+        self.proc_worker.start()
+        self.clock_worker.start()
+
+    def stop(self) -> None:
+        """Stop and join the threads (blocking: call it off the event loop)."""
+        self._closed = True
+        self.proc_worker.stop()
+        self.clock_worker.stop()
+        if self._loop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._fail_waiters)
+            except RuntimeError:  # loop already closed
+                pass
+
+    @property
+    def workers(self) -> list[Worker]:
+        return [self.proc_worker, self.clock_worker]
+
+    @property
+    def last_error(self) -> Optional[str]:
+        return self.proc_worker.last_error or self.clock_worker.last_error
+
+    # -- for viewers (event loop) -----------------------------------------
+    async def next_frame(self) -> OutFrame:
+        """The next tick's frame. Every viewer waiting gets the same OutFrame."""
+        if self._closed or self._next is None:
+            raise MediaStreamError
+        # shield: one viewer's cancellation must not cancel the future the others wait on
+        return await asyncio.shield(self._next)
+
+    def _fail_waiters(self) -> None:
+        if self._next is not None and not self._next.done():
+            self._next.set_exception(MediaStreamError())
+            self._next.exception()  # mark retrieved: nobody may be waiting
+
+    def _deliver(self) -> None:
+        with self._handoff_lock:
+            out, self._handoff = self._handoff, None
+            self._handoff_scheduled = False
+        if out is None or self._closed:
+            return
+        fut, self._next = self._next, self._loop.create_future()
+        fut.set_result(out)
+
+    def _publish(self, out: OutFrame) -> None:
+        with self._handoff_lock:
+            self._handoff = out  # replaces a tick the loop has not taken yet
+            if self._handoff_scheduled:
+                return
+            self._handoff_scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+    # -- process thread ----------------------------------------------------
+    def _process_step(self) -> None:
+        seq, cap = self.capture.slot.wait_newer(self._seen_capture, timeout=0.25)
+        if cap is None or seq <= self._seen_capture:
+            return
+        if self._seen_capture:
+            self.frames_skipped += seq - self._seen_capture - 1
+        self._seen_capture = seq
+        t0 = time.perf_counter()
+        image, detections = self.processor.process(cap.image)
+        ms = (time.perf_counter() - t0) * 1000
+        self.inference_ms = ms if not self.frames_processed else 0.9 * self.inference_ms + 0.1 * ms
+        self.frames_processed += 1
+        self.process_rate.tick()
+        text = (f"{time.strftime('%H:%M:%S', time.localtime(cap.ts))}  "
+                f"{self.capture.measured_fps:4.1f} fps  {self.model} {self.inference_ms:.1f} ms")
+        image = draw_status(image, text)
+        image.flags.writeable = False
+        self._processed.put(ProcessedFrame(cap.frame_id, cap.ts, image, detections, ms))
+
+    # -- clock thread ------------------------------------------------------
+    def _clock_step(self) -> None:
+        # Sleep to the next tick boundary; after a stall, skip the missed ticks (pts stay true
+        # to wall time) instead of bursting them out.
+        elapsed = time.monotonic() - self._t0
+        tick = max(int(elapsed * self.fps) + 1, self._last_tick + 1)
+        self.clock_worker.stop_event.wait(max(0.0, self._t0 + tick / self.fps - time.monotonic()))
+        if self.clock_worker.stop_event.is_set():
+            return
+        self._last_tick = tick
+        self.ticks += 1
+
+        seq, processed = self._processed.peek()
+        notice = self.capture.state if self.capture.state in ("reconnecting", "failed") else ""
+        key = (seq, notice)
+        if key != self._shown_key:
+            self._shown_i420 = self._render(processed, notice)
+            self._shown_key, self._shown = key, processed
+        self._publish(OutFrame(
+            tick=tick,
+            pts=tick * VIDEO_CLOCK_RATE // self.fps,
+            frame_id=processed.frame_id if processed else 0,
+            ts=processed.ts if processed else time.time(),
+            i420=self._shown_i420,
+            width=self.width,
+            height=self.height,
+        ))
+
+    def _render(self, processed: Optional[ProcessedFrame], notice: str) -> np.ndarray:
+        if processed is None:
+            msg = "reconnecting to source..." if notice else "connecting to source..."
+            bgr = placeholder(self.width, self.height, msg)
+        elif notice:
+            bgr = draw_status(processed.image, time.strftime("%H:%M:%S"), notice)
+        else:
+            bgr = processed.image
+        i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+        i420.flags.writeable = False
+        return i420
+
+    # -- stats -------------------------------------------------------------
+    def stats(self) -> dict:
+        return {
+            "source": self.source,
+            "model": self.model,
+            "viewers": self.viewers,
+            "frames_processed": self.frames_processed,
+            "frames_skipped": self.frames_skipped,
+            "process_fps": round(self.process_rate.rate, 2),
+            "mean_inference_ms": round(self.inference_ms, 2),
+            "ticks": self.ticks,
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,46 @@
+"""Check an SDP offer completely before any peer connection exists.
+
+aiortc accepts garbage ("v=0", "", free text) and answers it with an empty SDP, so the
+offer is parsed and checked here first; what passes is an offer aiortc can answer.
+"""
+
+from __future__ import annotations
+
+from aiortc.sdp import SessionDescription
+
+SUPPORTED_VIDEO_CODECS = {"vp8", "h264"}
+
+
+class OfferError(ValueError):
+    """The offer is not usable; the message is one readable sentence for the client."""
+
+
+def check_offer(sdp: str) -> str:
+    """Return the mode the offer asks for ("view" or "camera"), or raise OfferError."""
+    if not sdp.startswith("v=0"):
+        raise OfferError("The SDP offer must start with 'v=0'.")
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception:  # aiortc's parser raises many types on bad input
+        raise OfferError("The SDP offer could not be parsed.") from None
+    videos = [m for m in parsed.media if m.kind == "video"]
+    if not videos:
+        raise OfferError("The SDP offer has no video (m=video) section.")
+    for media in parsed.media:
+        if media.kind not in ("audio", "video", "application"):
+            raise OfferError(f"The SDP offer has an unsupported m={media.kind} section.")
+        if media.port == 0:
+            continue  # rejected section
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise OfferError("The SDP offer lacks ICE credentials (a=ice-ufrag / a=ice-pwd).")
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise OfferError("The SDP offer lacks a DTLS fingerprint (a=fingerprint).")
+    first = videos[0]
+    codecs = {c.mimeType.split("/")[-1].lower() for c in first.rtp.codecs}
+    if not codecs & SUPPORTED_VIDEO_CODECS:
+        raise OfferError("The SDP offer's video section has no supported codec (VP8 or H264).")
+    if first.direction == "recvonly":
+        return "view"
+    if first.direction in ("sendrecv", "sendonly", None):
+        return "camera"
+    raise OfferError("The SDP offer's video section is inactive.")

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the project and its tests need, only when one is missing.
+# With CI=true a package that cannot be installed is an error; elsewhere it is a warning.
+set -euo pipefail
+
+PACKAGES=(${VG_APT_PACKAGES:-})
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "system-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+if $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+  exit 0
+fi
+if [ "${CI:-}" = "true" ]; then
+  echo "system-deps: could not install ${missing[*]}" >&2
+  exit 1
+fi
+echo "system-deps: WARNING could not install ${missing[*]}; tests that need them will be skipped" >&2

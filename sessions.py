@@ -1,0 +1,142 @@
+"""Session lifecycle: the peer connections this process holds, and when they end.
+
+A session is closed and forgotten when
+- its connection state becomes `failed` or `closed`;
+- it has not connected within CONNECT_TIMEOUT seconds of its offer;
+- it is connected but nothing has come from the peer for PEER_INACTIVITY_TIMEOUT seconds.
+  aiortc has no `disconnected` state: a peer that vanishes is otherwise noticed only when
+  ICE consent expires (about 30 s). Every live peer sends RTCP receiver reports about once
+  a second, so a transport whose received-packet count stops moving means a gone peer.
+- a client deletes it, or the app shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Optional
+
+from aiortc import RTCPeerConnection
+
+from ai_stream import AIProcessedStream
+
+log = logging.getLogger("visionguard.sessions")
+
+REAPER_INTERVAL_S = 1.0
+
+
+@dataclass
+class Session:
+    id: str
+    pc: RTCPeerConnection
+    source: str
+    model: str
+    mode: str  # "view" | "camera"
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    track: Optional[AIProcessedStream] = None
+    created_mono: float = field(default_factory=time.monotonic)
+    rx_packets: int = -1
+    rx_changed: float = field(default_factory=time.monotonic)
+
+
+class SessionManager:
+    def __init__(self, max_sessions: int, connect_timeout: float, inactivity_timeout: float) -> None:
+        self.max_sessions = max_sessions
+        self.connect_timeout = connect_timeout
+        self.inactivity_timeout = inactivity_timeout
+        self.sessions: dict[str, Session] = {}
+        #: every peer connection this process opened and has not closed yet (offers in flight too)
+        self.peer_connections: set[RTCPeerConnection] = set()
+        self._reserved = 0
+        self._reaper: Optional[asyncio.Task] = None
+        self.closed_reasons: dict[str, int] = {}
+
+    # -- capacity -----------------------------------------------------------
+    def reserve(self) -> bool:
+        """Hold a place for an offer being answered; False when full."""
+        if len(self.sessions) + self._reserved >= self.max_sessions:
+            return False
+        self._reserved += 1
+        return True
+
+    def unreserve(self) -> None:
+        self._reserved -= 1
+
+    @staticmethod
+    def new_id() -> str:
+        return str(uuid.uuid4())
+
+    def track_pc(self, pc: RTCPeerConnection) -> None:
+        self.peer_connections.add(pc)
+
+    async def discard_pc(self, pc: RTCPeerConnection) -> None:
+        self.peer_connections.discard(pc)
+        await pc.close()
+
+    # -- registration ---------------------------------------------------------
+    def add(self, session: Session) -> None:
+        self.sessions[session.id] = session
+
+        @session.pc.on("connectionstatechange")
+        async def _on_state() -> None:
+            state = session.pc.connectionState
+            log.info("session %s: %s", session.id, state)
+            if state in ("failed", "closed"):
+                await self.close(session.id, reason=state)
+
+    def get(self, session_id: str) -> Optional[Session]:
+        return self.sessions.get(session_id)
+
+    async def close(self, session_id: str, reason: str = "deleted") -> bool:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return False
+        self.closed_reasons[reason] = self.closed_reasons.get(reason, 0) + 1
+        log.info("session %s closed (%s)", session_id, reason)
+        if session.track is not None:
+            await session.track.release()
+        await self.discard_pc(session.pc)
+        return True
+
+    async def close_all(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+            self._reaper = None
+        await asyncio.gather(*(self.close(sid, "shutdown") for sid in list(self.sessions)))
+        for pc in list(self.peer_connections):  # offers still being answered
+            await self.discard_pc(pc)
+
+    # -- reaper -----------------------------------------------------------------
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_forever(), name="vg-session-reaper")
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REAPER_INTERVAL_S)
+            try:
+                await self.reap()
+            except Exception:  # the reaper must outlive any one session's trouble
+                log.exception("session reaper")
+
+    async def reap(self) -> None:
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            state = session.pc.connectionState
+            if state != "connected":
+                if now - session.created_mono > self.connect_timeout:
+                    await self.close(session.id, reason="connect-timeout")
+                continue
+            received = await _packets_received(session.pc)
+            if received != session.rx_packets:
+                session.rx_packets, session.rx_changed = received, now
+            elif now - session.rx_changed > self.inactivity_timeout:
+                await self.close(session.id, reason="peer-inactive")
+
+
+async def _packets_received(pc: RTCPeerConnection) -> int:
+    report = await pc.getStats()
+    return sum(getattr(s, "packetsReceived", 0) or 0 for s in report.values() if s.type == "transport")

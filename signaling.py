@@ -1,0 +1,253 @@
+"""The `/api` router: SDP offer/answer and session management.
+
+An offer is checked completely (SDP, source, model, capacity) before a peer connection is
+made, so a refused offer leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Literal, Optional
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from ai_stream import AIProcessedStream
+from detectors import REGISTRY
+from offer_check import OfferError, check_offer
+from rtc import rtc_configuration
+from sessions import Session
+from sources import SourceError, SourceSpec
+from sources.file import probe
+from sources.media import MediaPathError, resolve_media_path
+
+log = logging.getLogger("visionguard.signaling")
+
+router = APIRouter(prefix="/api", tags=["WebRTC signaling"])
+
+EXAMPLE_OFFER_SDP = (
+    "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+    "a=group:BUNDLE 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\n"
+    "a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"
+    "a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:"
+    "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n"
+    "a=setup:actpass\r\na=mid:0\r\na=recvonly\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\n"
+)
+EXAMPLE_SESSION_ID = "3f2b8c1e-6a4d-4e0f-9b7a-2d5c8e1f0a93"
+
+
+# -- models -------------------------------------------------------------------
+class OfferRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"sdp": EXAMPLE_OFFER_SDP, "type": "offer"},
+        {"sdp": EXAMPLE_OFFER_SDP, "type": "offer", "video_path": "clip.mp4"},
+    ]})
+
+    sdp: str = Field(description="The client's SDP offer (from `RTCPeerConnection.createOffer`).")
+    type: str = Field(description='Must be "offer".')
+    video_path: Optional[str] = Field(
+        None, description="A video file inside the server's MEDIA_DIR, relative to it. "
+        "Absolute paths, '..', URLs and symlinks leaving MEDIA_DIR are refused.")
+    source: Optional[str] = Field(None, description='A configured source name (e.g. "default"). '
+                                  "Not together with video_path.")
+    model: Optional[str] = Field(None, description="A model name from the registry (default: the source's).")
+
+
+class OfferResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"sdp": "v=0\r\no=- 3916571229 3916571229 IN IP4 127.0.0.1\r\n...", "type": "answer",
+         "session_id": EXAMPLE_SESSION_ID}]})
+
+    sdp: str = Field(description="The server's SDP answer.")
+    type: Literal["answer"] = "answer"
+    session_id: str = Field(description="Use it with /api/session/{session_id}.")
+
+
+class SessionsResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"active_sessions": [EXAMPLE_SESSION_ID], "count": 1}]})
+
+    active_sessions: list[str]
+    count: int
+
+
+class SessionInfo(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "session_id": EXAMPLE_SESSION_ID, "connection_state": "connected",
+        "ice_connection_state": "completed", "ice_gathering_state": "complete",
+        "signaling_state": "stable", "source": "default", "model": "none", "mode": "view",
+        "created_at": "2026-11-25T12:00:00Z"}]})
+
+    session_id: str
+    connection_state: str
+    ice_connection_state: str
+    ice_gathering_state: str
+    signaling_state: str
+    source: str
+    model: str
+    mode: Literal["view", "camera"]
+    created_at: datetime
+
+
+class CloseResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "status": "success", "message": f"Session {EXAMPLE_SESSION_ID} closed", "active_connections": 0}]})
+
+    status: Literal["success"] = "success"
+    message: str
+    active_connections: int
+
+
+class SignalingHealth(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "status": "healthy", "active_connections": 2, "service": "WebRTC Signaling"}]})
+
+    status: Literal["healthy"] = "healthy"
+    active_connections: int
+    service: str = "WebRTC Signaling"
+
+
+class ErrorResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "The SDP offer has no video (m=video) section."}]})
+
+    detail: str
+
+
+def _errors(*codes: int) -> dict:
+    text = {
+        400: "Invalid offer: bad SDP, wrong type, bad video_path, unknown model",
+        404: "Unknown session, source or video file",
+        409: "The requested model failed to load",
+        413: "Request body too large",
+        422: "Body schema error, or the video file cannot be decoded",
+        503: "Server full (MAX_SESSIONS); see Retry-After",
+    }
+    return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}
+
+
+# -- helpers -------------------------------------------------------------------
+def _state(request: Request):
+    return request.app.state
+
+
+async def _choose_source(request: Request, body: OfferRequest) -> SourceSpec:
+    state = _state(request)
+    if body.source is not None and body.video_path is not None:
+        raise HTTPException(400, "Give either source or video_path, not both.")
+    if body.source is not None:
+        if not body.source:
+            raise HTTPException(400, "source must not be empty.")
+        spec = state.sources.get(body.source)
+        if spec is None:
+            raise HTTPException(404, f"Unknown source {body.source!r}.")
+        return spec
+    if body.video_path is not None:
+        try:
+            path = resolve_media_path(body.video_path, state.settings.media_dir)
+        except MediaPathError as exc:
+            raise HTTPException(exc.status, exc.detail) from None
+        try:
+            await asyncio.to_thread(probe, path)  # decoding is blocking work
+        except SourceError as exc:
+            raise HTTPException(422, f"{exc}.") from None
+        rel = path.relative_to(state.settings.media_dir).as_posix()
+        return SourceSpec(name=f"file:{rel}", kind="file", path=path)
+    return state.sources["default"]
+
+
+def _choose_model(body: OfferRequest) -> str:
+    if body.model is None:
+        return "none"
+    if body.model not in REGISTRY:
+        raise HTTPException(400, f"Unknown model {body.model!r}; choose one of {sorted(REGISTRY)}.")
+    return body.model
+
+
+# -- routes ---------------------------------------------------------------------
+@router.post("/offer", response_model=OfferResponse, summary="Exchange an SDP offer for an answer",
+             responses=_errors(400, 404, 413, 422, 503))
+async def offer(request: Request, body: OfferRequest) -> OfferResponse:
+    """Send the browser's offer, get the server's answer and a `session_id`.
+
+    The first `m=video` section decides the mode: `recvonly` means **view** (the server sends
+    the source's processed video). Audio sections are answered inactive.
+    """
+    if body.type != "offer":
+        raise HTTPException(400, f'type must be "offer", not {body.type!r}.')
+    try:
+        mode = check_offer(body.sdp)
+    except OfferError as exc:
+        raise HTTPException(400, str(exc)) from None
+    if mode == "camera":
+        raise HTTPException(400, "Camera mode (a video section the client sends) is not supported yet; "
+                                 "offer a recvonly video transceiver.")
+    spec = await _choose_source(request, body)
+    model = _choose_model(body)
+
+    state = _state(request)
+    sessions = state.sessions
+    if not sessions.reserve():
+        raise HTTPException(503, "The server is full; try again later.", headers={"Retry-After": "5"})
+    pc = RTCPeerConnection(configuration=rtc_configuration(state.settings))
+    sessions.track_pc(pc)
+    track: Optional[AIProcessedStream] = None
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body.sdp, type="offer"))
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "audio":
+                transceiver.direction = "inactive"
+        pipeline = state.hub.acquire(spec, model)
+        track = AIProcessedStream(pipeline, on_end=state.hub.release)
+        pc.addTrack(track)
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)  # gathers ICE candidates
+    except Exception as exc:
+        if track is not None:
+            await track.release()
+        await sessions.discard_pc(pc)
+        sessions.unreserve()
+        if isinstance(exc, ValueError):
+            raise HTTPException(400, f"The offer could not be answered: {exc}") from None
+        raise
+    sessions.unreserve()
+    session = Session(id=sessions.new_id(), pc=pc, source=spec.name, model=model, mode=mode, track=track)
+    sessions.add(session)
+    log.info("session %s: %s mode, source %s, model %s", session.id, mode, spec.name, model)
+    return OfferResponse(sdp=pc.localDescription.sdp, type="answer", session_id=session.id)
+
+
+@router.get("/sessions", response_model=SessionsResponse, summary="List active sessions")
+async def list_sessions(request: Request) -> SessionsResponse:
+    ids = list(_state(request).sessions.sessions)
+    return SessionsResponse(active_sessions=ids, count=len(ids))
+
+
+@router.get("/session/{session_id}", response_model=SessionInfo, summary="One session's state",
+            responses=_errors(404))
+async def get_session(request: Request, session_id: str) -> SessionInfo:
+    session = _state(request).sessions.get(session_id)
+    if session is None:
+        raise HTTPException(404, f"Session {session_id} not found.")
+    pc = session.pc
+    return SessionInfo(
+        session_id=session.id, connection_state=pc.connectionState,
+        ice_connection_state=pc.iceConnectionState, ice_gathering_state=pc.iceGatheringState,
+        signaling_state=pc.signalingState, source=session.source, model=session.model,
+        mode=session.mode, created_at=session.created_at)
+
+
+@router.delete("/session/{session_id}", response_model=CloseResponse, summary="Close a session",
+               responses=_errors(404))
+async def delete_session(request: Request, session_id: str) -> CloseResponse:
+    sessions = _state(request).sessions
+    if not await sessions.close(session_id, reason="deleted"):
+        raise HTTPException(404, f"Session {session_id} not found.")
+    return CloseResponse(message=f"Session {session_id} closed", active_connections=len(sessions.sessions))
+
+
+@router.get("/health", response_model=SignalingHealth, summary="Signaling health")
+async def signaling_health(request: Request) -> SignalingHealth:
+    return SignalingHealth(active_connections=len(_state(request).sessions.sessions))

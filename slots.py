@@ -1,0 +1,41 @@
+"""Latest-value slot: the only hand-off between the pipeline's threads.
+
+A writer overwrites; a reader asks for anything newer than what it last saw.
+Nothing queues, so a slow reader skips stale values instead of falling behind.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Generic, Optional, TypeVar
+
+T = TypeVar("T")
+
+
+class LatestSlot(Generic[T]):
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._value: Optional[T] = None
+
+    def put(self, value: T) -> int:
+        with self._cond:
+            self._seq += 1
+            self._value = value
+            self._cond.notify_all()
+            return self._seq
+
+    def peek(self) -> tuple[int, Optional[T]]:
+        with self._cond:
+            return self._seq, self._value
+
+    def wait_newer(self, seen: int, timeout: float) -> tuple[int, Optional[T]]:
+        """Block until a value newer than `seen` arrives (or `timeout`); return (seq, value)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._seq > seen, timeout)
+            return self._seq, self._value
+
+    def wake(self) -> None:
+        """Wake blocked readers (used on shutdown)."""
+        with self._cond:
+            self._cond.notify_all()

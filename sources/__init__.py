@@ -1,0 +1,8 @@
+"""Video sources: where frames come from. One job per module:
+`spec` names and resolves sources, `synthetic` and `file` read frames, `capture` runs one
+reader thread per source and hands frames on through a latest-value slot."""
+
+from sources.base import FrameSource, SourceError
+from sources.spec import SourceSpec, open_source
+
+__all__ = ["FrameSource", "SourceError", "SourceSpec", "open_source"]

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from config import load_settings  # noqa: E402
+from rtc import restrict_host_addresses  # noqa: E402
+
+# The test process is the WebRTC client: offer loopback only (aioice skips 127.0.0.1).
+restrict_host_addresses(["127.0.0.1"])
+
+TEST_ENV = {"STUN_SERVERS": [], "ICE_HOST_ADDRESSES": ["127.0.0.1"], "SERVER_HOST": "127.0.0.1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vg_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("vg-"))
+
+
+@asynccontextmanager
+async def running_server(**overrides):
+    """A real uvicorn server on a free loopback port, in this event loop."""
+    import main
+
+    port = free_port()
+    settings = load_settings(**{**TEST_ENV, "SERVER_PORT": port, **overrides})
+    app = main.create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+def media_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "media"
+    d.mkdir()
+    return d
+
+
+def write_video(path: Path, frames: int = 30, fps: int = 10, size=(320, 240)) -> Path:
+    """A small real H.264/MPEG-4 file made with PyAV: a moving white square on grey."""
+    import av
+    import numpy as np
+
+    w, h = size
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for i in range(frames):
+            img = np.full((h, w, 3), 90, np.uint8)
+            x = (i * 7) % (w - 40)
+            img[100:140, x:x + 40] = 255
+            frame = av.VideoFrame.from_ndarray(img, format="bgr24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

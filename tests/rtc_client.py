@@ -1,0 +1,73 @@
+"""A real aiortc client for tests: loopback ICE, no STUN."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import httpx
+import numpy as np
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+
+@dataclass
+class Viewer:
+    pc: RTCPeerConnection
+    session_id: str
+    track_future: asyncio.Future
+    frames: list = field(default_factory=list)
+
+    async def track(self, timeout: float = 20.0):
+        return await asyncio.wait_for(asyncio.shield(self.track_future), timeout)
+
+    async def receive(self, n: int, timeout: float = 60.0, keep_every: int = 1) -> list[tuple[float, np.ndarray]]:
+        """Receive `n` decoded frames; return (arrival time, BGR image) for every `keep_every`-th."""
+        track = await self.track()
+        out = []
+        deadline = time.monotonic() + timeout
+        for i in range(n):
+            frame = await asyncio.wait_for(track.recv(), max(0.1, deadline - time.monotonic()))
+            if i % keep_every == 0:
+                out.append((time.monotonic(), frame.to_ndarray(format="bgr24")))
+        return out
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+async def connect(base_url: str, timeout: float = 30.0, **fields) -> Viewer:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    loop = asyncio.get_running_loop()
+    track_future: asyncio.Future = loop.create_future()
+
+    @pc.on("track")
+    def on_track(track):
+        if not track_future.done():
+            track_future.set_result(track)
+
+    await pc.setLocalDescription(await pc.createOffer())
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout) as http:
+        r = await http.post("/api/offer", json={"sdp": pc.localDescription.sdp, "type": "offer", **fields})
+    if r.status_code != 200:
+        await pc.close()
+        raise AssertionError(f"offer refused: {r.status_code} {r.text}")
+    body = r.json()
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
+    return Viewer(pc=pc, session_id=body["session_id"], track_future=track_future)
+
+
+async def track_ended(track, timeout: float) -> bool:
+    """True once `track.recv()` raises MediaStreamError (the remote ended it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.wait_for(track.recv(), max(0.1, deadline - time.monotonic()))
+        except MediaStreamError:
+            return True
+        except asyncio.TimeoutError:
+            return False
+    return False
