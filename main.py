@@ -201,28 +201,28 @@ class BodySizeLimit:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._too_large(send)
         seen = 0
+        refused = False
 
         async def limited_receive():
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge
+                if seen > self.max_bytes and not refused:
+                    refused = True
+                    await self._too_large(send)
+                    return {"type": "http.disconnect"}  # the app stops reading
             return message
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await self._too_large(send)
+        async def guarded_send(message):
+            if not refused:  # after our 413 the app's own reply goes nowhere
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
 
     async def _too_large(self, send) -> None:
         response = JSONResponse({"detail": f"Request body is larger than {self.max_bytes} bytes."}, status_code=413)
         await response({"type": "http"}, None, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def print_banner(settings: Settings, spec) -> None:

@@ -35,6 +35,12 @@ def check_offer(sdp: str) -> str:
             raise OfferError("The SDP offer lacks ICE credentials (a=ice-ufrag / a=ice-pwd).")
         if media.dtls is None or not media.dtls.fingerprints:
             raise OfferError("The SDP offer lacks a DTLS fingerprint (a=fingerprint).")
+    mids = [m.rtp.muxId for m in parsed.media]
+    if not all(mids) or len(set(mids)) != len(mids):
+        raise OfferError("Every SDP media section needs its own a=mid.")
+    for group in parsed.group:
+        if group.semantic == "BUNDLE" and not set(map(str, group.items)) <= set(mids):
+            raise OfferError("The SDP offer's BUNDLE group names a section that does not exist.")
     first = videos[0]
     codecs = {c.mimeType.split("/")[-1].lower() for c in first.rtp.codecs}
     if not codecs & SUPPORTED_VIDEO_CODECS:

@@ -75,7 +75,10 @@ class SessionManager:
 
     async def discard_pc(self, pc: RTCPeerConnection) -> None:
         self.peer_connections.discard(pc)
-        await pc.close()
+        try:
+            await pc.close()
+        except Exception:  # aiortc can trip over a half-built connection; it is gone either way
+            log.debug("closing a peer connection failed", exc_info=True)
 
     # -- registration ---------------------------------------------------------
     def add(self, session: Session) -> None:

@@ -209,9 +209,9 @@ async def offer(request: Request, body: OfferRequest) -> OfferResponse:
             await track.release()
         await sessions.discard_pc(pc)
         sessions.unreserve()
-        if isinstance(exc, ValueError):
-            raise HTTPException(400, f"The offer could not be answered: {exc}") from None
-        raise
+        # The offer passed check_offer, so what is left is aiortc refusing some detail of it.
+        log.warning("offer could not be answered: %r", exc)
+        raise HTTPException(400, f"The offer could not be answered: {exc or type(exc).__name__}.") from None
     sessions.unreserve()
     session = Session(id=sessions.new_id(), pc=pc, source=spec.name, model=model, mode=mode, track=track)
     sessions.add(session)

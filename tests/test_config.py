@@ -1,0 +1,72 @@
+"""Settings: contract defaults, JSON env values, and one clear line for a wrong value."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from config import IceServer, InvalidSettings, load_settings
+from conftest import ROOT
+from rtc import rtc_configuration
+
+
+def test_contract_defaults(monkeypatch):
+    for name in list(os.environ):
+        if name.isupper() and name in load_settings().model_fields:
+            monkeypatch.delenv(name)
+    s = load_settings()
+    assert (s.SERVER_HOST, s.SERVER_PORT, s.DEBUG_MODE) == ("0.0.0.0", 8000, False)
+    assert (s.TARGET_FPS, s.DEFAULT_WIDTH, s.DEFAULT_HEIGHT) == (30, 640, 480)
+    assert s.STUN_SERVERS == [IceServer(urls="stun:stun.l.google.com:19302")]
+    assert s.TURN_SERVERS == [] and s.ICE_HOST_ADDRESSES == [] and s.CORS_ORIGINS == ["*"]
+    assert (s.MAX_SESSIONS, s.CONNECT_TIMEOUT, s.MAX_BODY_BYTES) == (100, 20, 65536)
+    assert s.VIDEO_FILE_PATH is None and s.MEDIA_DIR.name == "media"
+
+
+def test_env_json_values(monkeypatch):
+    monkeypatch.setenv("STUN_SERVERS", '["stun:a.example:3478", {"urls": "stun:b.example"}]')
+    monkeypatch.setenv("TURN_SERVERS", '[{"urls": "turn:t.example", "username": "u", "credential": "p"}]')
+    monkeypatch.setenv("ICE_HOST_ADDRESSES", '["127.0.0.1"]')
+    s = load_settings()
+    assert [x.urls for x in s.STUN_SERVERS] == ["stun:a.example:3478", "stun:b.example"]
+    conf = rtc_configuration(s)
+    assert [x.urls for x in conf.iceServers] == ["stun:a.example:3478", "stun:b.example", "turn:t.example"]
+    assert conf.iceServers[2].username == "u" and conf.iceServers[2].credential == "p"
+
+
+def test_empty_stun_means_no_stun():
+    # aiortc substitutes Google's STUN server only for None; we must hand it an empty list.
+    conf = rtc_configuration(load_settings(STUN_SERVERS=[], TURN_SERVERS=[]))
+    assert conf.iceServers == []
+
+
+@pytest.mark.parametrize("name,value", [
+    ("TARGET_FPS", "fast"),
+    ("STUN_SERVERS", "not json"),
+    ("STUN_SERVERS", '["http://example.com"]'),
+    ("ICE_HOST_ADDRESSES", '["not-an-ip"]'),
+    ("DEFAULT_WIDTH", "641"),
+    ("MAX_SESSIONS", "0"),
+])
+def test_invalid_value_stops_startup_with_one_line(name, value):
+    env = {**os.environ, name: value}
+    proc = subprocess.run([sys.executable, "main.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert name in lines[0]
+
+
+def test_ice_host_address_must_belong_to_this_host():
+    from rtc import restrict_host_addresses
+
+    with pytest.raises(InvalidSettings, match="ICE_HOST_ADDRESSES"):
+        restrict_host_addresses(["203.0.113.7"])
+    restrict_host_addresses(["127.0.0.1"])  # what the test client uses
+
+
+def test_host_addresses_are_offered_as_configured():
+    import aioice.ice
+
+    assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["127.0.0.1"]
