@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     DEFAULT_WIDTH: int = Field(640, ge=16, le=3840)
     DEFAULT_HEIGHT: int = Field(480, ge=16, le=2160)
 
+    # Models
+    DEFAULT_MODEL: str = "person"
+    MODEL_PATH: Optional[Path] = None
+    MODEL_LABELS: Optional[Path] = None
+    DETECTION_THRESHOLD: float = Field(0.5, ge=0.0, le=1.0)
+
     # WebRTC
     STUN_SERVERS: list[Union[str, IceServer]] = [IceServer(urls="stun:stun.l.google.com:19302")]
     TURN_SERVERS: list[IceServer] = []

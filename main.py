@@ -18,7 +18,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from config import APP_NAME, APP_VERSION, Settings, get_settings, load_settings
+from catalog import router as catalog_router
+from config import APP_NAME, APP_VERSION, InvalidSettings, Settings, get_settings, load_settings
+from detectors import ModelLoadError, ModelRegistry
 from pipelines import PipelineHub
 from rtc import restrict_host_addresses
 from sessions import SessionManager
@@ -85,6 +87,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         _logging(settings)
         restrict_host_addresses(settings.ICE_HOST_ADDRESSES)
+        await load_default_model(app)
         app.state.sessions.start()
         print_banner(settings, app.state.sources["default"])
         yield
@@ -99,6 +102,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.sources = {"default": default_source(settings.VIDEO_FILE_PATH, settings.media_dir)}
+    app.state.models = ModelRegistry(settings.DETECTION_THRESHOLD, settings.MODEL_PATH, settings.MODEL_LABELS)
+    app.state.default_model = settings.DEFAULT_MODEL
+    app.state.model_notice = ""
     app.state.hub = PipelineHub(settings.DEFAULT_WIDTH, settings.DEFAULT_HEIGHT, settings.TARGET_FPS)
     app.state.sessions = SessionManager(settings.MAX_SESSIONS, settings.CONNECT_TIMEOUT,
                                         settings.PEER_INACTIVITY_TIMEOUT)
@@ -109,8 +115,23 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         allow_credentials="*" not in settings.CORS_ORIGINS)
     _add_error_handlers(app)
     app.include_router(router)
+    app.include_router(catalog_router)
     _add_root_routes(app)
     return app
+
+
+async def load_default_model(app: FastAPI) -> None:
+    """Load DEFAULT_MODEL before serving; if it cannot load, fall back to `none` with a notice."""
+    name = app.state.settings.DEFAULT_MODEL
+    if name not in app.state.models:
+        raise InvalidSettings(f"Invalid setting DEFAULT_MODEL: unknown model {name!r}; "
+                              f"choose one of {app.state.models.names()}")
+    try:
+        await asyncio.to_thread(app.state.models.load, name)
+    except ModelLoadError as exc:
+        log.error("%s; falling back to model 'none'", exc)
+        app.state.default_model = "none"
+        app.state.model_notice = f"model {name} unavailable"
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -147,7 +168,7 @@ def _add_root_routes(app: FastAPI) -> None:
             "docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json", "health": "/health",
             "info": "/info",
             "api": {"offer": "/api/offer", "sessions": "/api/sessions", "session": "/api/session/{session_id}",
-                    "health": "/api/health"}})
+                    "health": "/api/health", "models": "/api/models"}})
 
     @app.get("/health", response_model=HealthResponse, tags=["service"], summary="Health check")
     async def health(request: Request) -> HealthResponse:
@@ -157,6 +178,10 @@ def _add_root_routes(app: FastAPI) -> None:
         if s.VIDEO_FILE_PATH and s.VIDEO_FILE_PATH != "synthetic" and spec.kind == "synthetic":
             problems.append(f"VIDEO_FILE_PATH {s.VIDEO_FILE_PATH!r} was not found; "
                             "streaming the synthetic source instead.")
+        if request.app.state.model_notice:
+            entry = request.app.state.models.entries[s.DEFAULT_MODEL]
+            problems.append(f"DEFAULT_MODEL {s.DEFAULT_MODEL!r} failed to load ({entry.error}); "
+                            "sources use 'none'.")
         for cap in request.app.state.hub.stats()["captures"]:
             if cap["state"] in ("reconnecting", "failed"):
                 problems.append(f"Source {cap['source']} is {cap['state']}: {cap['last_error']}")

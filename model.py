@@ -16,10 +16,10 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+import json
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -27,8 +27,8 @@ from aiortc.mediastreams import MediaStreamError
 
 from detectors import Detection, Processor
 from meters import RateMeter
-from overlay import draw_status, placeholder
-from slots import LatestSlot
+from overlay import draw_status, placeholder, render
+from slots import LatestSlot, LoopHandoff
 from sources.capture import Capture
 from workers import Worker
 
@@ -42,6 +42,7 @@ class ProcessedFrame:
     image: np.ndarray  # BGR with overlay, read-only
     detections: list[Detection]
     inference_ms: float
+    message: str  # the `detections` DataChannel message, serialised once for every viewer
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,15 @@ class OutFrame:
 
 
 class AIProcessor:
-    def __init__(self, capture: Capture, processor: Processor, fps: int) -> None:
+    def __init__(self, capture: Capture, processor: Processor, model: str, fps: int, notice: str = "",
+                 on_timing: Optional[Callable[[float], None]] = None) -> None:
         self.capture = capture
         self.processor = processor
         self.source = capture.spec.name
-        self.model = processor.name
+        self.model = model
         self.fps = fps
+        self.notice = notice  # shown in every frame's status band (e.g. a model fallback)
+        self._on_timing = on_timing
         self.width, self.height = capture.width, capture.height
         self.viewers = 0
         # counters, read by /info
@@ -78,16 +82,15 @@ class AIProcessor:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._next: Optional[asyncio.Future] = None
         self._closed = False
+        self._ticks: Optional[LoopHandoff[OutFrame]] = None
+        self._results: Optional[LoopHandoff[ProcessedFrame]] = None
+        self._listeners: list[Callable[[ProcessedFrame], None]] = []
         # clock state
         self._t0 = 0.0
         self._last_tick = -1
         self._shown_key: tuple = ()
         self._shown_i420: Optional[np.ndarray] = None
         self._shown: Optional[ProcessedFrame] = None
-        # one-deep hand-off from the clock thread to the event loop
-        self._handoff_lock = threading.Lock()
-        self._handoff: Optional[OutFrame] = None
-        self._handoff_scheduled = False
 
         tag = f"{self.source}-{self.model}"
         self.proc_worker = Worker(f"vg-proc-{tag}", self._process_step)
@@ -97,6 +100,8 @@ class AIProcessor:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._next = loop.create_future()
+        self._ticks = LoopHandoff(loop, self._deliver)
+        self._results = LoopHandoff(loop, self._deliver_result)
         self._t0 = time.monotonic()
         self.proc_worker.start()
         self.clock_worker.start()
@@ -133,25 +138,23 @@ class AIProcessor:
             self._next.set_exception(MediaStreamError())
             self._next.exception()  # mark retrieved: nobody may be waiting
 
-    def _deliver(self) -> None:
-        with self._handoff_lock:
-            out, self._handoff = self._handoff, None
-            self._handoff_scheduled = False
-        if out is None or self._closed:
+    def add_listener(self, listener: Callable[[ProcessedFrame], None]) -> None:
+        """Call `listener` (on the loop) with each new processing result."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[ProcessedFrame], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _deliver(self, out: OutFrame) -> None:
+        if self._closed:
             return
         fut, self._next = self._next, self._loop.create_future()
         fut.set_result(out)
 
-    def _publish(self, out: OutFrame) -> None:
-        with self._handoff_lock:
-            self._handoff = out  # replaces a tick the loop has not taken yet
-            if self._handoff_scheduled:
-                return
-            self._handoff_scheduled = True
-        try:
-            self._loop.call_soon_threadsafe(self._deliver)
-        except RuntimeError:  # loop closed during shutdown
-            pass
+    def _deliver_result(self, result: ProcessedFrame) -> None:
+        for listener in list(self._listeners):
+            listener(result)
 
     # -- process thread ----------------------------------------------------
     def _process_step(self) -> None:
@@ -165,13 +168,27 @@ class AIProcessor:
         image, detections = self.processor.process(cap.image)
         ms = (time.perf_counter() - t0) * 1000
         self.inference_ms = ms if not self.frames_processed else 0.9 * self.inference_ms + 0.1 * ms
+        if self._on_timing:
+            self._on_timing(ms)
         self.frames_processed += 1
         self.process_rate.tick()
-        text = (f"{time.strftime('%H:%M:%S', time.localtime(cap.ts))}  "
-                f"{self.capture.measured_fps:4.1f} fps  {self.model} {self.inference_ms:.1f} ms")
-        image = draw_status(image, text)
+        text = (f"{time.strftime('%H:%M:%S', time.localtime(cap.ts))}  {self.capture.measured_fps:4.1f} fps  "
+                f"{self.model} {self.process_rate.rate:4.1f}/s {self.inference_ms:.0f} ms")
+        image = render(image, detections, text, self.notice)
         image.flags.writeable = False
-        self._processed.put(ProcessedFrame(cap.frame_id, cap.ts, image, detections, ms))
+        result = ProcessedFrame(cap.frame_id, cap.ts, image, detections, ms, self._message(cap, detections, ms))
+        self._processed.put(result)
+        if self._listeners:
+            self._results.put(result)
+
+    def _message(self, cap, detections: list[Detection], ms: float) -> str:
+        # pts of the first tick that will show this frame, so clients can match it to the video
+        tick = int((time.monotonic() - self._t0) * self.fps) + 1
+        return json.dumps({
+            "frame_id": cap.frame_id, "pts": tick * VIDEO_CLOCK_RATE // self.fps, "ts": round(cap.ts, 3),
+            "model": self.model, "inference_ms": round(ms, 2), "width": self.width, "height": self.height,
+            "detections": [{"label": d.label, "score": round(d.score, 3), "box": list(d.box)} for d in detections],
+        }, separators=(",", ":"))
 
     # -- clock thread ------------------------------------------------------
     def _clock_step(self) -> None:
@@ -191,7 +208,7 @@ class AIProcessor:
         if key != self._shown_key:
             self._shown_i420 = self._render(processed, notice)
             self._shown_key, self._shown = key, processed
-        self._publish(OutFrame(
+        self._ticks.put(OutFrame(
             tick=tick,
             pts=tick * VIDEO_CLOCK_RATE // self.fps,
             frame_id=processed.frame_id if processed else 0,
@@ -225,4 +242,5 @@ class AIProcessor:
             "mean_inference_ms": round(self.inference_ms, 2),
             "ticks": self.ticks,
             "last_error": self.last_error,
+            "notice": self.notice or None,
         }

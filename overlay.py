@@ -1,4 +1,5 @@
-"""What is drawn on outgoing frames: a status band at the bottom (time, fps, notices)."""
+"""What is drawn on outgoing frames: boxes where objects are, and a status band at the bottom
+(time, fps, inference ms, notices)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,38 @@ import numpy as np
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
+BOX_COLOUR = (0, 220, 0)
+
+
+def render(frame: np.ndarray, detections, text: str, notice: str = "") -> np.ndarray:
+    """A copy of `frame` with the detections' boxes and the status band drawn on it."""
+    out = frame.copy()
+    draw_detections(out, detections)
+    _draw_band(out, text, notice)
+    return out
+
+
 def draw_status(frame: np.ndarray, text: str, notice: str = "") -> np.ndarray:
     """Return a copy of `frame` with a dark band along the bottom holding `text` (and a notice)."""
     out = frame.copy()
+    _draw_band(out, text, notice)
+    return out
+
+
+def draw_detections(out: np.ndarray, detections) -> None:
+    """Boxes with "label score" tags, readable at 640×480 (drawn in place)."""
+    scale = max(0.45, out.shape[1] / 1400)
+    for d in detections:
+        x1, y1, x2, y2 = d.box
+        cv2.rectangle(out, (x1, y1), (x2, y2), BOX_COLOUR, 2)
+        tag = f"{d.label} {d.score:.2f}"
+        (tw, th), base = cv2.getTextSize(tag, FONT, scale, 1)
+        ty = y1 - 4 if y1 - th - 6 >= 0 else y1 + th + 4
+        cv2.rectangle(out, (x1, ty - th - 2), (x1 + tw + 4, ty + base - 1), BOX_COLOUR, -1)
+        cv2.putText(out, tag, (x1 + 2, ty - 1), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+
+
+def _draw_band(out: np.ndarray, text: str, notice: str) -> None:
     h, w = out.shape[:2]
     band = max(22, h // 18)
     y0 = h - band
@@ -20,7 +50,6 @@ def draw_status(frame: np.ndarray, text: str, notice: str = "") -> np.ndarray:
     if notice:
         (tw, _), _ = cv2.getTextSize(notice, FONT, scale, 1)
         cv2.putText(out, notice, (w - tw - 8, h - band // 3), FONT, scale, (0, 200, 255), 1, cv2.LINE_AA)
-    return out
 
 
 def placeholder(width: int, height: int, message: str) -> np.ndarray:

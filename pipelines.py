@@ -9,7 +9,7 @@ import logging
 import threading
 from typing import Optional
 
-from detectors import create
+from detectors import ModelEntry
 from model import AIProcessor
 from sources import SourceSpec
 from sources.capture import Capture
@@ -31,10 +31,11 @@ class PipelineHub:
         self.pipelines_started = 0
 
     # -- called on the event loop -------------------------------------------
-    def acquire(self, spec: SourceSpec, model: str) -> AIProcessor:
+    def acquire(self, spec: SourceSpec, model: ModelEntry, notice: str = "") -> AIProcessor:
+        """The shared pipeline for (source, model), started if needed. `model` must be loaded."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            pipeline = self._pipelines.get((spec.name, model))
+            pipeline = self._pipelines.get((spec.name, model.name))
             if pipeline is None:
                 capture = self._captures.get(spec.name)
                 if capture is None:
@@ -44,11 +45,11 @@ class PipelineHub:
                     self._capture_users[spec.name] = 0
                     self.captures_started += 1
                 self._capture_users[spec.name] += 1
-                pipeline = AIProcessor(capture, create(model), self.fps)
+                pipeline = AIProcessor(capture, model.instance, model.name, self.fps, notice, model.record)
                 pipeline.start(loop)
-                self._pipelines[(spec.name, model)] = pipeline
+                self._pipelines[(spec.name, model.name)] = pipeline
                 self.pipelines_started += 1
-                log.info("pipeline %s/%s started", spec.name, model)
+                log.info("pipeline %s/%s started", spec.name, model.name)
             pipeline.viewers += 1
             self._ensure_watchdog()
             return pipeline

@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Optional
 
-from aiortc import RTCPeerConnection
+from aiortc import RTCDataChannel, RTCPeerConnection
 
 from ai_stream import AIProcessedStream
 
 log = logging.getLogger("visionguard.sessions")
 
 REAPER_INTERVAL_S = 1.0
+#: a `detections` message is skipped while the channel holds more than this unsent
+CHANNEL_BUFFER_LIMIT = 256 * 1024
 
 
 @dataclass
@@ -41,6 +43,31 @@ class Session:
     created_mono: float = field(default_factory=time.monotonic)
     rx_packets: int = -1
     rx_changed: float = field(default_factory=time.monotonic)
+    channel: Optional[RTCDataChannel] = None
+    messages_sent: int = 0
+    messages_skipped: int = 0
+
+    def attach_channel(self, channel: RTCDataChannel) -> None:
+        """Send every processing result of this session's pipeline on `channel`."""
+        if self.track is None or self.channel is not None:
+            return
+        self.channel = channel
+        self.track.pipeline.add_listener(self._send_result)
+        channel.on("close", self.detach_channel)
+
+    def detach_channel(self) -> None:
+        if self.track is not None:
+            self.track.pipeline.remove_listener(self._send_result)
+
+    def _send_result(self, result) -> None:
+        channel = self.channel
+        if channel is None or channel.readyState != "open":
+            return
+        if channel.bufferedAmount > CHANNEL_BUFFER_LIMIT:  # slow client: skip, never stall
+            self.messages_skipped += 1
+            return
+        channel.send(result.message)
+        self.messages_sent += 1
 
 
 class SessionManager:
@@ -100,6 +127,7 @@ class SessionManager:
             return False
         self.closed_reasons[reason] = self.closed_reasons.get(reason, 0) + 1
         log.info("session %s closed (%s)", session_id, reason)
+        session.detach_channel()
         if session.track is not None:
             await session.track.release()
         await self.discard_pc(session.pc)

@@ -16,7 +16,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ai_stream import AIProcessedStream
-from detectors import REGISTRY
+from detectors import ModelEntry, ModelLoadError
 from offer_check import OfferError, check_offer
 from rtc import rtc_configuration
 from sessions import Session
@@ -53,7 +53,7 @@ class OfferRequest(BaseModel):
         "Absolute paths, '..', URLs and symlinks leaving MEDIA_DIR are refused.")
     source: Optional[str] = Field(None, description='A configured source name (e.g. "default"). '
                                   "Not together with video_path.")
-    model: Optional[str] = Field(None, description="A model name from the registry (default: the source's).")
+    model: Optional[str] = Field(None, description="A model name from `/api/models` (default: DEFAULT_MODEL).")
 
 
 class OfferResponse(BaseModel):
@@ -158,22 +158,30 @@ async def _choose_source(request: Request, body: OfferRequest) -> SourceSpec:
     return state.sources["default"]
 
 
-def _choose_model(body: OfferRequest) -> str:
-    if body.model is None:
-        return "none"
-    if body.model not in REGISTRY:
-        raise HTTPException(400, f"Unknown model {body.model!r}; choose one of {sorted(REGISTRY)}.")
-    return body.model
+async def _choose_model(request: Request, body: OfferRequest) -> tuple[ModelEntry, str]:
+    """The loaded model for this offer, and the notice to draw (a default that fell back)."""
+    state = _state(request)
+    registry = state.models
+    if body.model is not None and body.model not in registry:
+        raise HTTPException(400, f"Unknown model {body.model!r}; choose one of {registry.names()}.")
+    name = body.model or state.default_model
+    try:
+        await asyncio.to_thread(registry.load, name)  # loading reads and compiles files: off the loop
+    except ModelLoadError as exc:
+        raise HTTPException(409, f"{exc}.") from None
+    return registry.entries[name], ("" if body.model else state.model_notice)
 
 
 # -- routes ---------------------------------------------------------------------
 @router.post("/offer", response_model=OfferResponse, summary="Exchange an SDP offer for an answer",
-             responses=_errors(400, 404, 413, 422, 503))
+             responses=_errors(400, 404, 409, 413, 422, 503))
 async def offer(request: Request, body: OfferRequest) -> OfferResponse:
     """Send the browser's offer, get the server's answer and a `session_id`.
 
     The first `m=video` section decides the mode: `recvonly` means **view** (the server sends
-    the source's processed video). Audio sections are answered inactive.
+    the source's processed video). Audio sections are answered inactive. If the client opened a
+    DataChannel labelled `detections` before its offer, it receives one JSON message per
+    processing result on it.
     """
     if body.type != "offer":
         raise HTTPException(400, f'type must be "offer", not {body.type!r}.')
@@ -185,7 +193,7 @@ async def offer(request: Request, body: OfferRequest) -> OfferResponse:
         raise HTTPException(400, "Camera mode (a video section the client sends) is not supported yet; "
                                  "offer a recvonly video transceiver.")
     spec = await _choose_source(request, body)
-    model = _choose_model(body)
+    model, notice = await _choose_model(request, body)
 
     state = _state(request)
     sessions = state.sessions
@@ -199,7 +207,7 @@ async def offer(request: Request, body: OfferRequest) -> OfferResponse:
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "audio":
                 transceiver.direction = "inactive"
-        pipeline = state.hub.acquire(spec, model)
+        pipeline = state.hub.acquire(spec, model, notice)
         track = AIProcessedStream(pipeline, on_end=state.hub.release)
         pc.addTrack(track)
         answer = await pc.createAnswer()
@@ -213,9 +221,15 @@ async def offer(request: Request, body: OfferRequest) -> OfferResponse:
         log.warning("offer could not be answered: %r", exc)
         raise HTTPException(400, f"The offer could not be answered: {exc or type(exc).__name__}.") from None
     sessions.unreserve()
-    session = Session(id=sessions.new_id(), pc=pc, source=spec.name, model=model, mode=mode, track=track)
+    session = Session(id=sessions.new_id(), pc=pc, source=spec.name, model=model.name, mode=mode, track=track)
     sessions.add(session)
-    log.info("session %s: %s mode, source %s, model %s", session.id, mode, spec.name, model)
+
+    @pc.on("datachannel")
+    def _on_datachannel(channel) -> None:
+        if channel.label == "detections":
+            session.attach_channel(channel)
+
+    log.info("session %s: %s mode, source %s, model %s", session.id, mode, spec.name, model.name)
     return OfferResponse(sdp=pc.localDescription.sdp, type="answer", session_id=session.id)
 
 

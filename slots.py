@@ -39,3 +39,38 @@ class LatestSlot(Generic[T]):
         """Wake blocked readers (used on shutdown)."""
         with self._cond:
             self._cond.notify_all()
+
+
+class LoopHandoff(Generic[T]):
+    """Latest-value hand-off from a worker thread to a callback on an asyncio loop.
+
+    At most one delivery is scheduled at a time; a value put while one is pending replaces
+    it, so a busy loop receives the newest value instead of a backlog."""
+
+    def __init__(self, loop, callback) -> None:
+        self._loop = loop
+        self._callback = callback
+        self._lock = threading.Lock()
+        self._value: Optional[T] = None
+        self._scheduled = False
+        self.replaced = 0  # values the loop never saw (it was busy)
+
+    def put(self, value: T) -> None:
+        with self._lock:
+            if self._scheduled:
+                self.replaced += 1
+            self._value = value
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+    def _deliver(self) -> None:
+        with self._lock:
+            value, self._value = self._value, None
+            self._scheduled = False
+        if value is not None:
+            self._callback(value)

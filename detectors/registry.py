@@ -1,17 +1,89 @@
+"""The model registry: every model by name, loaded once on first use and shared by every
+pipeline that uses it (onnxruntime sessions may be run from several threads), with its state
+for /api/models."""
+
 from __future__ import annotations
 
-from typing import Callable
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
 
 from detectors.base import Processor
+from detectors.edges import Edges
 from detectors.passthrough import PassThrough
 
-REGISTRY: dict[str, Callable[[], Processor]] = {
-    "none": PassThrough,
-}
+
+class ModelLoadError(Exception):
+    """The model cannot be loaded; the message is safe to show."""
 
 
-def create(name: str) -> Processor:
-    try:
-        return REGISTRY[name]()
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}") from None
+@dataclass
+class ModelEntry:
+    name: str
+    type: str
+    factory: Callable[[], Processor]
+    state: str = "not_loaded"  # not_loaded | ready | error
+    error: Optional[str] = None
+    instance: Optional[Processor] = None
+    mean_inference_ms: Optional[float] = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, ms: float) -> None:
+        prev = self.mean_inference_ms
+        self.mean_inference_ms = ms if prev is None else 0.95 * prev + 0.05 * ms
+
+    @property
+    def labels(self) -> list[str]:
+        return list(getattr(self.instance, "labels", []) or [])
+
+
+class ModelRegistry:
+    def __init__(self, threshold: float, model_path: Optional[Path] = None,
+                 labels_path: Optional[Path] = None) -> None:
+        self.entries: dict[str, ModelEntry] = {}
+        self.register("none", "passthrough", PassThrough)
+        self.register("edges", "filter", Edges)
+        self.register("person", "detector", lambda: _person(threshold))
+        self.register("yolo", "detector", lambda: _yolo(model_path, labels_path, threshold))
+
+    def register(self, name: str, type_: str, factory: Callable[[], Processor]) -> None:
+        self.entries[name] = ModelEntry(name, type_, factory)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def load(self, name: str) -> Processor:
+        """The shared instance of `name`, loading it on first use (blocking: call off the loop)."""
+        entry = self.entries[name]
+        with entry.lock:
+            if entry.instance is None:
+                try:
+                    entry.instance = entry.factory()
+                except Exception as exc:
+                    entry.state, entry.error = "error", f"{type(exc).__name__}: {exc}"
+                    raise ModelLoadError(f"Model {name!r} failed to load: {entry.error}") from None
+                entry.state, entry.error = "ready", None
+            return entry.instance
+
+    def info(self) -> list[dict]:
+        return [{"name": e.name, "type": e.type, "state": e.state, "error": e.error,
+                 "mean_inference_ms": None if e.mean_inference_ms is None else round(e.mean_inference_ms, 2),
+                 "labels": e.labels} for e in self.entries.values()]
+
+
+def _person(threshold: float) -> Processor:
+    from detectors.person import PersonDetector
+
+    return PersonDetector(threshold)
+
+
+def _yolo(model_path: Optional[Path], labels_path: Optional[Path], threshold: float) -> Processor:
+    from detectors.yolo import YoloDetector
+
+    if model_path is None:
+        raise ModelLoadError("MODEL_PATH is not set")
+    return YoloDetector(model_path, labels_path, threshold)

@@ -19,7 +19,8 @@ from rtc import restrict_host_addresses  # noqa: E402
 # The test process is the WebRTC client: offer loopback only (aioice skips 127.0.0.1).
 restrict_host_addresses(["127.0.0.1"])
 
-TEST_ENV = {"STUN_SERVERS": [], "ICE_HOST_ADDRESSES": ["127.0.0.1"], "SERVER_HOST": "127.0.0.1"}
+TEST_ENV = {"STUN_SERVERS": [], "ICE_HOST_ADDRESSES": ["127.0.0.1"], "SERVER_HOST": "127.0.0.1",
+            "DEFAULT_MODEL": "none"}  # tests that want a model name it
 
 
 def free_port() -> int:

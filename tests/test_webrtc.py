@@ -188,12 +188,10 @@ class Flaky:
         return frame, []
 
 
-async def test_faults_never_kill_the_pipeline_and_watchdog_restarts_threads(monkeypatch):
-    from detectors import REGISTRY
-
-    monkeypatch.setitem(REGISTRY, "flaky", Flaky)
+async def test_faults_never_kill_the_pipeline_and_watchdog_restarts_threads():
     Flaky.calls = 0
     async with running_server() as (url, app):
+        app.state.models.register("flaky", "test", Flaky)
         viewer = await connect(url, model="flaky")
         frames = await viewer.receive(90, keep_every=30)
         assert len(frames) == 3
