@@ -4,7 +4,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test venv system-deps clean
+.PHONY: run test venv system-deps demo-video clean
+
+# OpenCV's pedestrian sample (from Debian's opencv-doc), checked by sha256; git ignores media/.
+DEMO_VIDEO := media/vtest.avi
 
 # The virtual environment is rebuilt whenever a requirements file changes.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -17,10 +20,18 @@ venv: $(STAMP)
 system-deps:
 	bash scripts/system-deps.sh
 
-run: $(STAMP)
-	$(PY) main.py
+$(DEMO_VIDEO):
+	bash scripts/fetch-vtest.sh
 
-test: system-deps $(STAMP)
+demo-video: $(DEMO_VIDEO)
+
+# Plays the pedestrian sample when it is there (make demo-video), else the built-in synthetic source.
+# A VIDEO_FILE_PATH from the environment or .env wins.
+run: $(STAMP)
+	@if [ -z "$${VIDEO_FILE_PATH+x}" ] && [ -f $(DEMO_VIDEO) ] && ! grep -qs '^VIDEO_FILE_PATH=' .env; then \
+		export VIDEO_FILE_PATH=vtest.avi; fi; exec $(PY) main.py
+
+test: system-deps $(STAMP) $(DEMO_VIDEO)
 	$(PY) -m pytest
 
 clean:

@@ -36,8 +36,9 @@ def draw_detections(out: np.ndarray, detections) -> None:
         tag = f"{d.label} {d.score:.2f}"
         (tw, th), base = cv2.getTextSize(tag, FONT, scale, 1)
         ty = y1 - 4 if y1 - th - 6 >= 0 else y1 + th + 4
-        cv2.rectangle(out, (x1, ty - th - 2), (x1 + tw + 4, ty + base - 1), BOX_COLOUR, -1)
-        cv2.putText(out, tag, (x1 + 2, ty - 1), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        tx = max(0, min(x1, out.shape[1] - tw - 4))  # keep the tag inside the frame
+        cv2.rectangle(out, (tx, ty - th - 2), (tx + tw + 4, ty + base - 1), BOX_COLOUR, -1)
+        cv2.putText(out, tag, (tx + 2, ty - 1), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
 
 
 def _draw_band(out: np.ndarray, text: str, notice: str) -> None:

@@ -77,7 +77,10 @@ class YoloDetector:
 
     def decode(self, output: np.ndarray, scale: float, dx: int, dy: int, w: int, h: int) -> list[Detection]:
         pred = output[0]
-        if pred.shape[0] < pred.shape[1]:  # [4 + classes, N] → [N, 4 + classes]
+        # Ultralytics exports [4 + classes, N]; some exports give [N, 4 + classes]. Decide by
+        # the label count when it fits, else by shape (there are far more boxes than classes).
+        channels = 4 + len(self.labels)
+        if pred.shape[0] == channels or (pred.shape[1] != channels and pred.shape[0] < pred.shape[1]):
             pred = pred.T
         class_scores = pred[:, 4:]
         cls = class_scores.argmax(axis=1)

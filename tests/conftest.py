@@ -80,3 +80,32 @@ def write_video(path: Path, frames: int = 30, fps: int = 10, size=(320, 240)) ->
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+VTEST = ROOT / "media" / "vtest.avi"
+
+
+@pytest.fixture(scope="session")
+def vtest() -> Path:
+    """OpenCV's pedestrian sample, fetched by `make test` (scripts/fetch-vtest.sh)."""
+    import os
+
+    if not VTEST.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail("media/vtest.avi is missing: run scripts/fetch-vtest.sh")
+        pytest.skip("media/vtest.avi is missing: run make demo-video")
+    return VTEST
+
+
+def vtest_frames(path: Path, n: int, size=(640, 480)):
+    """The first `n` frames of vtest.avi at the output size, as the pipeline sees them."""
+    import av
+    import cv2
+
+    out = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            out.append(cv2.resize(frame.to_ndarray(format="bgr24"), size, interpolation=cv2.INTER_AREA))
+            if len(out) == n:
+                break
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -18,19 +19,19 @@ class Viewer:
     pc: RTCPeerConnection
     session_id: str
     track_future: asyncio.Future
-    frames: list = field(default_factory=list)
+    messages: list = field(default_factory=list)  # (arrival time, decoded JSON) from `detections`
 
     async def track(self, timeout: float = 20.0):
         return await asyncio.wait_for(asyncio.shield(self.track_future), timeout)
 
     async def receive(self, n: int, timeout: float = 60.0, keep_every: int = 1) -> list[tuple[float, np.ndarray]]:
-        """Receive `n` decoded frames; return (arrival time, BGR image) for every `keep_every`-th."""
+        """Receive `n` decoded frames; return (arrival time, BGR image) of every `keep_every`-th (the last included)."""
         track = await self.track()
         out = []
         deadline = time.monotonic() + timeout
         for i in range(n):
             frame = await asyncio.wait_for(track.recv(), max(0.1, deadline - time.monotonic()))
-            if i % keep_every == 0:
+            if (i + 1) % keep_every == 0:  # the last of each group
                 out.append((time.monotonic(), frame.to_ndarray(format="bgr24")))
         return out
 
@@ -38,11 +39,15 @@ class Viewer:
         await self.pc.close()
 
 
-async def connect(base_url: str, timeout: float = 30.0, **fields) -> Viewer:
+async def connect(base_url: str, timeout: float = 30.0, detections: bool = False, **fields) -> Viewer:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     pc.addTransceiver("video", direction="recvonly")
     loop = asyncio.get_running_loop()
     track_future: asyncio.Future = loop.create_future()
+    messages: list = []
+    if detections:
+        channel = pc.createDataChannel("detections")
+        channel.on("message", lambda m: messages.append((time.monotonic(), json.loads(m))))
 
     @pc.on("track")
     def on_track(track):
@@ -57,7 +62,7 @@ async def connect(base_url: str, timeout: float = 30.0, **fields) -> Viewer:
         raise AssertionError(f"offer refused: {r.status_code} {r.text}")
     body = r.json()
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
-    return Viewer(pc=pc, session_id=body["session_id"], track_future=track_future)
+    return Viewer(pc=pc, session_id=body["session_id"], track_future=track_future, messages=messages)
 
 
 async def track_ended(track, timeout: float) -> bool:
