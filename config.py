@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     MODEL_PATH: Optional[Path] = None
     MODEL_LABELS: Optional[Path] = None
     DETECTION_THRESHOLD: float = Field(0.5, ge=0.0, le=1.0)
+    # Thread pools, sized for a 2-core box: inference gets one core, everything else the other
+    ORT_THREADS: int = Field(1, ge=1, le=64)
+    CV2_THREADS: int = Field(1, ge=0, le=64)
 
     # WebRTC
     STUN_SERVERS: list[Union[str, IceServer]] = [IceServer(urls="stun:stun.l.google.com:19302")]

@@ -11,6 +11,7 @@ import sys
 from contextlib import asynccontextmanager
 from typing import Literal, Optional
 
+import cv2
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -102,7 +103,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.sources = {"default": default_source(settings.VIDEO_FILE_PATH, settings.media_dir)}
-    app.state.models = ModelRegistry(settings.DETECTION_THRESHOLD, settings.MODEL_PATH, settings.MODEL_LABELS)
+    cv2.setNumThreads(settings.CV2_THREADS)  # OpenCV's own pool would fight the pipeline threads
+    app.state.models = ModelRegistry(settings.DETECTION_THRESHOLD, settings.MODEL_PATH, settings.MODEL_LABELS,
+                                     settings.ORT_THREADS)
     app.state.default_model = settings.DEFAULT_MODEL
     app.state.model_notice = ""
     app.state.hub = PipelineHub(settings.DEFAULT_WIDTH, settings.DEFAULT_HEIGHT, settings.TARGET_FPS)

@@ -1,19 +1,16 @@
-"""onnxruntime sessions sized for a small box: inference gets one core, the rest of the
-pipeline (capture, encode, event loop) the other. See doc/PERFORMANCE.md for the measurement."""
+"""onnxruntime sessions sized for a small box (ORT_THREADS, default 1): inference gets one
+core, the rest of the pipeline (capture, encode, event loop) the other. See doc/PERFORMANCE.md."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import onnxruntime as ort
 
-INTRA_OP_THREADS = int(os.environ.get("VG_ORT_THREADS", "1"))
 
-
-def inference_session(path: Path) -> ort.InferenceSession:
+def inference_session(path: Path, threads: int = 1) -> ort.InferenceSession:
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = INTRA_OP_THREADS
+    opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # no busy-waiting threads burning the second core between frames

@@ -20,9 +20,9 @@ class PersonDetector:
     name = "person"
     labels = ["person"]
 
-    def __init__(self, threshold: float, model_file: Path = MODEL_FILE) -> None:
+    def __init__(self, threshold: float, threads: int = 1, model_file: Path = MODEL_FILE) -> None:
         self.threshold = threshold
-        self.session = inference_session(model_file)
+        self.session = inference_session(model_file, threads)
         self.input_name = self.session.get_inputs()[0].name
 
     def process(self, frame: np.ndarray) -> tuple[np.ndarray, list[Detection]]:

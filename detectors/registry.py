@@ -40,12 +40,12 @@ class ModelEntry:
 
 class ModelRegistry:
     def __init__(self, threshold: float, model_path: Optional[Path] = None,
-                 labels_path: Optional[Path] = None) -> None:
+                 labels_path: Optional[Path] = None, threads: int = 1) -> None:
         self.entries: dict[str, ModelEntry] = {}
         self.register("none", "passthrough", PassThrough)
         self.register("edges", "filter", Edges)
-        self.register("person", "detector", lambda: _person(threshold))
-        self.register("yolo", "detector", lambda: _yolo(model_path, labels_path, threshold))
+        self.register("person", "detector", lambda: _person(threshold, threads))
+        self.register("yolo", "detector", lambda: _yolo(model_path, labels_path, threshold, threads))
 
     def register(self, name: str, type_: str, factory: Callable[[], Processor]) -> None:
         self.entries[name] = ModelEntry(name, type_, factory)
@@ -75,15 +75,15 @@ class ModelRegistry:
                  "labels": e.labels} for e in self.entries.values()]
 
 
-def _person(threshold: float) -> Processor:
+def _person(threshold: float, threads: int) -> Processor:
     from detectors.person import PersonDetector
 
-    return PersonDetector(threshold)
+    return PersonDetector(threshold, threads)
 
 
-def _yolo(model_path: Optional[Path], labels_path: Optional[Path], threshold: float) -> Processor:
+def _yolo(model_path: Optional[Path], labels_path: Optional[Path], threshold: float, threads: int) -> Processor:
     from detectors.yolo import YoloDetector
 
     if model_path is None:
         raise ModelLoadError("MODEL_PATH is not set")
-    return YoloDetector(model_path, labels_path, threshold)
+    return YoloDetector(model_path, labels_path, threshold, threads)

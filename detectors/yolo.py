@@ -21,6 +21,7 @@ from detectors.onnx_session import inference_session
 PAD_VALUE = 114  # what Ultralytics pads with
 IOU_THRESHOLD = 0.45
 MAX_DETECTIONS = 300
+MAX_CANDIDATES = 3000  # NMS cost grows with candidates: keep the best ones only
 
 
 def read_labels(path: Optional[Path]) -> list[str]:
@@ -45,30 +46,19 @@ def letterbox(frame: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
-    """Greedy non-maximum suppression on x1, y1, x2, y2 boxes; returns kept indices."""
-    order = scores.argsort()[::-1]
-    areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(int(i))
-        rest = order[1:]
-        xx1 = np.maximum(boxes[i, 0], boxes[rest, 0])
-        yy1 = np.maximum(boxes[i, 1], boxes[rest, 1])
-        xx2 = np.minimum(boxes[i, 2], boxes[rest, 2])
-        yy2 = np.minimum(boxes[i, 3], boxes[rest, 3])
-        inter = (xx2 - xx1).clip(0) * (yy2 - yy1).clip(0)
-        overlap = inter / (areas[i] + areas[rest] - inter + 1e-9)
-        order = rest[overlap <= iou]
-    return keep
+    """Greedy non-maximum suppression on x1, y1, x2, y2 boxes; returns kept indices, best first."""
+    # OpenCV's C++ NMS takes x, y, w, h boxes
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    kept = cv2.dnn.NMSBoxes(xywh.tolist(), scores.astype(float).tolist(), 0.0, iou)
+    return [int(i) for i in np.asarray(kept).reshape(-1)]
 
 
 class YoloDetector:
     name = "yolo"
 
-    def __init__(self, model_path: Path, labels_path: Optional[Path], threshold: float) -> None:
+    def __init__(self, model_path: Path, labels_path: Optional[Path], threshold: float, threads: int = 1) -> None:
         self.threshold = threshold
-        self.session = inference_session(model_path)
+        self.session = inference_session(model_path, threads)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         side = inp.shape[2] if len(inp.shape) == 4 else None
@@ -91,6 +81,9 @@ class YoloDetector:
         cx, cy, bw, bh = pred[mask, :4].T
         boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
         conf, cls = conf[mask], cls[mask]
+        if len(conf) > MAX_CANDIDATES:
+            best = np.argsort(conf)[::-1][:MAX_CANDIDATES]
+            boxes, conf, cls = boxes[best], conf[best], cls[best]
         # class-aware NMS in one pass: shift each class's boxes apart
         shifted = boxes + (cls[:, None] * (self.size + 1.0))
         keep = nms(shifted, conf, IOU_THRESHOLD)[:MAX_DETECTIONS]

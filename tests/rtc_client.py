@@ -47,7 +47,7 @@ async def connect(base_url: str, timeout: float = 30.0, detections: bool = False
     messages: list = []
     if detections:
         channel = pc.createDataChannel("detections")
-        channel.on("message", lambda m: messages.append((time.monotonic(), json.loads(m))))
+        channel.on("message", lambda m: isinstance(m, str) and messages.append((time.monotonic(), json.loads(m))))
 
     @pc.on("track")
     def on_track(track):

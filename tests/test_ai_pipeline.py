@@ -59,6 +59,27 @@ async def test_messages_are_sent_also_when_nothing_is_found():
         await viewer.close()
 
 
+async def test_a_backed_up_channel_skips_messages_instead_of_queueing():
+    from sessions import CHANNEL_BUFFER_LIMIT
+
+    async with running_server() as (url, app):
+        viewer = await connect(url, detections=True)
+        await viewer.receive(10)
+        session = app.state.sessions.get(viewer.session_id)
+        assert await wait_until(lambda: session.channel is not None and session.channel.readyState == "open", 10)
+        assert await wait_until(lambda: session.messages_sent > 5, 10)
+        # A client that cannot keep up: the channel's send buffer fills far past the limit.
+        for _ in range(64):
+            session.channel.send(b"\0" * 65536)
+        assert session.channel.bufferedAmount > CHANNEL_BUFFER_LIMIT
+        sent = session.messages_sent
+        assert await wait_until(lambda: session.messages_skipped >= 3, 10)
+        assert session.messages_sent - sent <= 1  # nothing was added to the backlog meanwhile
+        # once the client has drained it, results flow again
+        assert await wait_until(lambda: session.messages_sent > sent + 3, 60)
+        await viewer.close()
+
+
 class Slow:
     """Test-only detector: half a second per frame."""
 
