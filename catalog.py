@@ -1,13 +1,21 @@
-"""The `/api` routes that describe what can be asked for: models."""
+"""The `/api` routes that describe what can be asked for: models, sources (with a snapshot of
+each) and the ICE servers a browser should use."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Literal, Optional
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict
+import cv2
+from fastapi import APIRouter, HTTPException, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from redact import redact
 
 router = APIRouter(prefix="/api", tags=["catalog"])
+
+SNAPSHOT_WAIT_S = 10.0
 
 
 class ModelInfo(BaseModel):
@@ -41,3 +49,100 @@ async def list_models(request: Request) -> ModelsResponse:
     used when an offer names none (`none` if DEFAULT_MODEL failed to load)."""
     state = request.app.state
     return ModelsResponse(default=state.default_model, models=state.models.info())
+
+
+class SourceInfo(BaseModel):
+    name: str
+    kind: str = Field(description="synthetic, file, rtsp, device or camera")
+    url: str = Field(description="What it reads: file name, URL with credentials as ***, device:N")
+    state: Literal["idle", "live", "reconnecting", "failed"]
+    width: Optional[int] = Field(description="The source's own frame size, once seen")
+    height: Optional[int]
+    fps: float = Field(description="Measured frames per second read from the source")
+    viewers: int
+    model: str = Field(description="The model used when an offer names none")
+    always_on: bool
+    last_error: Optional[str]
+
+
+class SourcesResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"sources": [
+        {"name": "default", "kind": "file", "url": "vtest.avi", "state": "live", "width": 768, "height": 576,
+         "fps": 10.0, "viewers": 2, "model": "person", "always_on": False, "last_error": None},
+        {"name": "lobby", "kind": "rtsp", "url": "rtsp://***@10.0.0.5/stream", "state": "reconnecting",
+         "width": 1280, "height": 720, "fps": 0.0, "viewers": 1, "model": "person", "always_on": True,
+         "last_error": "cannot read rtsp://***@10.0.0.5/stream: Connection refused"}]}]})
+
+    sources: list[SourceInfo]
+
+
+class IceServersResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"iceServers": [
+        {"urls": "stun:stun.l.google.com:19302"},
+        {"urls": "turn:turn.example.com:3478", "username": "user", "credential": "secret"}]}]})
+
+    iceServers: list[dict]
+
+
+def _source_info(state, spec) -> SourceInfo:
+    capture = state.hub.capture_for(spec.name)
+    pipelines = state.hub.pipelines_for(spec.name)
+    size = capture.native_size if capture else None
+    return SourceInfo(
+        name=spec.name, kind=spec.kind, url=spec.display,
+        state=capture.state if capture else "idle",
+        width=size[0] if size else None, height=size[1] if size else None,
+        fps=round(capture.measured_fps, 2) if capture else 0.0,
+        viewers=sum(p.viewers - p.held for p in pipelines),
+        model=spec.model or state.default_model, always_on=spec.always_on,
+        last_error=redact(capture.last_error) if capture and capture.last_error else None)
+
+
+@router.get("/sources", response_model=SourcesResponse, summary="The sources and their state")
+async def list_sources(request: Request) -> SourcesResponse:
+    """Every configured source (`default` and SOURCES), plus files opened through `video_path`
+    while they play: state (`idle` no pipeline, `live`, `reconnecting` was live and is trying
+    again, `failed` could not open yet and is trying again), the source's own resolution, the
+    measured fps, viewers and last error. Credentials in URLs are shown as `***`."""
+    state = request.app.state
+    specs = dict(state.sources)
+    for stats in state.hub.stats()["captures"]:
+        capture = state.hub.capture_for(stats["source"])
+        if capture is not None and capture.spec.kind == "file" and capture.spec.name not in specs:
+            specs[capture.spec.name] = capture.spec
+    return SourcesResponse(sources=[_source_info(state, spec) for spec in specs.values()])
+
+
+@router.get("/sources/{name}/snapshot.jpg", summary="The latest processed frame of a source",
+            response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}, "description": "JPEG image"},
+                       404: {"description": "Unknown source"},
+                       503: {"description": "The source has no frame yet (see its last_error)"}})
+async def snapshot(request: Request, name: str) -> Response:
+    """The newest processed frame (boxes and status band drawn) as JPEG. A source with no
+    viewer is started for the snapshot and stopped again."""
+    state = request.app.state
+    spec = state.sources.get(name)
+    if spec is None:
+        raise HTTPException(404, f"Unknown source {name!r}.")
+    entry, notice = await asyncio.to_thread(state.models.load_or_fallback, spec.model or state.settings.DEFAULT_MODEL)
+    pipeline = state.hub.acquire(spec, entry, notice)
+    try:
+        deadline = time.monotonic() + SNAPSHOT_WAIT_S
+        while (image := pipeline.latest_image()) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        await state.hub.release(pipeline)
+    if image is None:
+        capture_error = pipeline.capture.last_error
+        raise HTTPException(503, f"Source {name!r} has no frame yet" + (f": {capture_error}" if capture_error else "."))
+    ok, jpeg = await asyncio.to_thread(cv2.imencode, ".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return Response(jpeg.tobytes(), media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/ice-servers", response_model=IceServersResponse, summary="ICE servers for the browser")
+async def ice_servers(request: Request) -> IceServersResponse:
+    """The configured STUN and TURN servers, ready for `new RTCPeerConnection(...)`. This is the
+    one place TURN credentials are shown: browsers need them."""
+    servers = request.app.state.settings.ice_servers
+    return IceServersResponse(iceServers=[s.model_dump(exclude_none=True) for s in servers])

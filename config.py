@@ -8,12 +8,15 @@ A wrong value stops start-up with one line naming the setting (see `load_setting
 from __future__ import annotations
 
 import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from redact import redact
 
 APP_NAME = "AI Video Streaming Backend"
 APP_VERSION = "1.0.0"
@@ -35,6 +38,18 @@ class IceServer(BaseModel):
         return v
 
 
+class SourceConfig(BaseModel):
+    """One entry of SOURCES in its long form (the short form is just the URL string)."""
+
+    url: str = Field(description='A file in MEDIA_DIR, "rtsp://…", "device:N" or "synthetic"')
+    model: Optional[str] = None
+    fps: Optional[float] = Field(None, gt=0, le=120)
+    always_on: bool = False
+
+
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
 class InvalidSettings(SystemExit):
     """Raised (as a clean exit) when a setting has a wrong value."""
 
@@ -52,6 +67,10 @@ class Settings(BaseSettings):
     # Video
     VIDEO_FILE_PATH: Optional[str] = None
     MEDIA_DIR: Path = Path("./media")
+    SOURCES: dict[str, Union[str, SourceConfig]] = {}
+    RTSP_OPEN_TIMEOUT_S: float = Field(5.0, gt=0)
+    RTSP_STALL_TIMEOUT_S: float = Field(5.0, gt=0)
+    RTSP_RECONNECT_MAX_S: float = Field(30.0, ge=0.5)
     TARGET_FPS: int = Field(30, ge=1, le=120)
     DEFAULT_WIDTH: int = Field(640, ge=16, le=3840)
     DEFAULT_HEIGHT: int = Field(480, ge=16, le=2160)
@@ -81,6 +100,20 @@ class Settings(BaseSettings):
     @classmethod
     def _stun_objects(cls, v: list[Union[str, IceServer]]) -> list[Union[str, IceServer]]:
         return [IceServer(urls=s) if isinstance(s, str) else s for s in v]
+
+    @field_validator("SOURCES", mode="after")
+    @classmethod
+    def _sources(cls, v: dict[str, Union[str, SourceConfig]]) -> dict[str, SourceConfig]:
+        out = {}
+        for name, spec in v.items():
+            if not SOURCE_NAME.match(name):
+                raise ValueError(f"source name {name!r} must be 1-64 letters, digits, '_', '-' or '.'")
+            if name == "default":
+                raise ValueError("the name 'default' belongs to VIDEO_FILE_PATH")
+            out[name] = SourceConfig(url=spec) if isinstance(spec, str) else spec
+            if not out[name].url.strip():
+                raise ValueError(f"source {name!r} has an empty url")
+        return out
 
     @field_validator("ICE_HOST_ADDRESSES")
     @classmethod
@@ -114,9 +147,9 @@ def _one_line(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err["loc"][:1]) or "settings"
-        return f"Invalid setting {name}: {err['msg']} (got {err.get('input')!r})"
+        return redact(f"Invalid setting {name}: {err['msg']} (got {err.get('input')!r})")
     # SettingsError: pydantic-settings could not decode a JSON value.
-    return f"Invalid setting: {exc}"
+    return redact(f"Invalid setting: {exc}")
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -26,7 +26,8 @@ from pipelines import PipelineHub
 from rtc import restrict_host_addresses
 from sessions import SessionManager
 from signaling import ErrorResponse, router
-from sources.spec import default_source
+from redact import install_log_redaction
+from sources.spec import SourceSpec, default_source, parse_source
 
 log = logging.getLogger("visionguard")
 
@@ -46,8 +47,8 @@ class RootResponse(BaseModel):
 
 class SourceStatus(BaseModel):
     name: str = Field(description="Source name")
-    kind: str = Field(description='"file" or "synthetic"')
-    detail: str = Field(description="File name, or what the synthetic source stands in for")
+    kind: str = Field(description='"synthetic", "file", "rtsp" or "device"')
+    detail: str = Field(description="File name, URL (credentials as ***), device, or 'built-in synthetic pattern'")
 
 
 class HealthResponse(BaseModel):
@@ -90,6 +91,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         restrict_host_addresses(settings.ICE_HOST_ADDRESSES)
         await load_default_model(app)
         app.state.sessions.start()
+        await start_always_on(app)
         print_banner(settings, app.state.sources["default"])
         yield
         await app.state.sessions.close_all()
@@ -102,13 +104,18 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                     "Post an SDP offer to `/api/offer`; the answer carries a `session_id`.",
     )
     app.state.settings = settings
-    app.state.sources = {"default": default_source(settings.VIDEO_FILE_PATH, settings.media_dir)}
+    app.state.sources = configured_sources(settings)
     cv2.setNumThreads(settings.CV2_THREADS)  # OpenCV's own pool would fight the pipeline threads
     app.state.models = ModelRegistry(settings.DETECTION_THRESHOLD, settings.MODEL_PATH, settings.MODEL_LABELS,
                                      settings.ORT_THREADS)
     app.state.default_model = settings.DEFAULT_MODEL
     app.state.model_notice = ""
-    app.state.hub = PipelineHub(settings.DEFAULT_WIDTH, settings.DEFAULT_HEIGHT, settings.TARGET_FPS)
+    for spec in app.state.sources.values():
+        if spec.model is not None and spec.model not in app.state.models:
+            raise InvalidSettings(f"Invalid setting SOURCES: source {spec.name!r} names unknown model {spec.model!r}")
+    app.state.hub = PipelineHub(settings.DEFAULT_WIDTH, settings.DEFAULT_HEIGHT, settings.TARGET_FPS,
+                                settings.RTSP_OPEN_TIMEOUT_S, settings.RTSP_STALL_TIMEOUT_S,
+                                settings.RTSP_RECONNECT_MAX_S)
     app.state.sessions = SessionManager(settings.MAX_SESSIONS, settings.CONNECT_TIMEOUT,
                                         settings.PEER_INACTIVITY_TIMEOUT)
 
@@ -121,6 +128,26 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.include_router(catalog_router)
     _add_root_routes(app)
     return app
+
+
+def configured_sources(settings: Settings) -> dict[str, SourceSpec]:
+    """`default` (VIDEO_FILE_PATH) plus every SOURCES entry, by name."""
+    sources = {"default": default_source(settings.VIDEO_FILE_PATH, settings.media_dir)}
+    for name, cfg in settings.SOURCES.items():
+        try:
+            sources[name] = parse_source(name, cfg.url, settings.media_dir, cfg.fps, cfg.model, cfg.always_on)
+        except ValueError as exc:
+            raise InvalidSettings(f"Invalid setting SOURCES: {exc}") from None
+    return sources
+
+
+async def start_always_on(app: FastAPI) -> None:
+    """Sources with `always_on` run from start-up, with or without viewers."""
+    for spec in app.state.sources.values():
+        if spec.always_on:
+            entry, notice = await asyncio.to_thread(app.state.models.load_or_fallback,
+                                                    spec.model or app.state.settings.DEFAULT_MODEL)
+            app.state.hub.hold(spec, entry, notice)
 
 
 async def load_default_model(app: FastAPI) -> None:
@@ -171,7 +198,8 @@ def _add_root_routes(app: FastAPI) -> None:
             "docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json", "health": "/health",
             "info": "/info",
             "api": {"offer": "/api/offer", "sessions": "/api/sessions", "session": "/api/session/{session_id}",
-                    "health": "/api/health", "models": "/api/models"}})
+                    "health": "/api/health", "models": "/api/models", "sources": "/api/sources",
+                    "ice_servers": "/api/ice-servers"}})
 
     @app.get("/health", response_model=HealthResponse, tags=["service"], summary="Health check")
     async def health(request: Request) -> HealthResponse:
@@ -190,7 +218,8 @@ def _add_root_routes(app: FastAPI) -> None:
                 problems.append(f"Source {cap['source']} is {cap['state']}: {cap['last_error']}")
         return HealthResponse(
             status="degraded" if problems else "healthy", service=APP_NAME, version=APP_VERSION,
-            video_available=True, source=_source_status(spec), problems=problems,
+            video_available=_video_available(request.app.state.hub, spec), source=_source_status(spec),
+            problems=problems,
             active_sessions=len(request.app.state.sessions.sessions))
 
     @app.get("/info", response_model=InfoResponse, tags=["service"], summary="Service configuration and counters")
@@ -211,8 +240,14 @@ def _add_root_routes(app: FastAPI) -> None:
 
 
 def _source_status(spec) -> SourceStatus:
-    detail = spec.path.name if spec.kind == "file" else "built-in synthetic pattern"
+    detail = "built-in synthetic pattern" if spec.kind == "synthetic" else spec.display
     return SourceStatus(name=spec.name, kind=spec.kind, detail=detail)
+
+
+def _video_available(hub: PipelineHub, spec) -> bool:
+    """False only while the default source is known to be down."""
+    capture = hub.capture_for(spec.name)
+    return capture is None or capture.state not in ("failed", "reconnecting")
 
 
 class BodySizeLimit:
@@ -275,6 +310,7 @@ def print_banner(settings: Settings, spec) -> None:
 def _logging(settings: Settings) -> None:
     logging.basicConfig(level=logging.DEBUG if settings.DEBUG_MODE else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
     if not settings.DEBUG_MODE:  # aiortc/aioice are chatty at INFO
         for name in ("aiortc", "aioice"):
             logging.getLogger(name).setLevel(logging.WARNING)

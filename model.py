@@ -69,7 +69,8 @@ class AIProcessor:
         self.notice = notice  # shown in every frame's status band (e.g. a model fallback)
         self._on_timing = on_timing
         self.width, self.height = capture.width, capture.height
-        self.viewers = 0
+        self.viewers = 0  # sessions watching, plus holds (always_on)
+        self.held = 0
         # counters, read by /info
         self.frames_processed = 0
         self.frames_skipped = 0
@@ -230,12 +231,18 @@ class AIProcessor:
         i420.flags.writeable = False
         return i420
 
+    def latest_image(self) -> Optional[np.ndarray]:
+        """The newest processed frame (BGR, read-only), or None before the first."""
+        processed = self._processed.peek()[1]
+        return processed.image if processed is not None else None
+
     # -- stats -------------------------------------------------------------
     def stats(self) -> dict:
         return {
             "source": self.source,
             "model": self.model,
-            "viewers": self.viewers,
+            "viewers": self.viewers - self.held,
+            "always_on": bool(self.held),
             "frames_processed": self.frames_processed,
             "frames_skipped": self.frames_skipped,
             "process_fps": round(self.process_rate.rate, 2),

@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 from detectors import ModelEntry
 from model import AIProcessor
-from sources import SourceSpec
+from sources import FrameSource, SourceSpec, open_source
 from sources.capture import Capture
 from workers import Worker
 
@@ -19,8 +19,10 @@ log = logging.getLogger("visionguard.pipelines")
 
 
 class PipelineHub:
-    def __init__(self, width: int, height: int, fps: int) -> None:
+    def __init__(self, width: int, height: int, fps: int, open_timeout: float = 5.0, read_timeout: float = 5.0,
+                 retry_max_s: float = 30.0) -> None:
         self.width, self.height, self.fps = width, height, fps
+        self.open_timeout, self.read_timeout, self.retry_max_s = open_timeout, read_timeout, retry_max_s
         self._captures: dict[str, Capture] = {}
         self._capture_users: dict[str, int] = {}
         self._pipelines: dict[tuple[str, str], AIProcessor] = {}
@@ -31,15 +33,18 @@ class PipelineHub:
         self.pipelines_started = 0
 
     # -- called on the event loop -------------------------------------------
-    def acquire(self, spec: SourceSpec, model: ModelEntry, notice: str = "") -> AIProcessor:
-        """The shared pipeline for (source, model), started if needed. `model` must be loaded."""
+    def acquire(self, spec: SourceSpec, model: ModelEntry, notice: str = "",
+                source_factory: Optional[Callable[[], FrameSource]] = None) -> AIProcessor:
+        """The shared pipeline for (source, model), started if needed. `model` must be loaded.
+        `source_factory` overrides how the source is opened (the viewer's own camera)."""
         loop = asyncio.get_running_loop()
         with self._lock:
             pipeline = self._pipelines.get((spec.name, model.name))
             if pipeline is None:
                 capture = self._captures.get(spec.name)
                 if capture is None:
-                    capture = Capture(spec, self.width, self.height, self.fps)
+                    capture = Capture(spec, source_factory or self._opener(spec), self.width, self.height,
+                                      self.fps, self.retry_max_s)
                     capture.start()
                     self._captures[spec.name] = capture
                     self._capture_users[spec.name] = 0
@@ -53,6 +58,15 @@ class PipelineHub:
             pipeline.viewers += 1
             self._ensure_watchdog()
             return pipeline
+
+    def hold(self, spec: SourceSpec, model: ModelEntry, notice: str = "") -> AIProcessor:
+        """Keep a pipeline running with no viewer (a source's `always_on`), until stop_all."""
+        pipeline = self.acquire(spec, model, notice)
+        pipeline.held += 1
+        return pipeline
+
+    def _opener(self, spec: SourceSpec) -> Callable[[], FrameSource]:
+        return lambda: open_source(spec, self.width, self.height, self.fps, self.open_timeout, self.read_timeout)
 
     async def release(self, pipeline: AIProcessor) -> None:
         """One viewer left; the last one stops the pipeline (and the capture if unused)."""
@@ -102,6 +116,10 @@ class PipelineHub:
     def capture_for(self, source: str) -> Optional[Capture]:
         return self._captures.get(source)
 
+    def pipelines_for(self, source: str) -> list[AIProcessor]:
+        with self._lock:
+            return [p for (name, _), p in self._pipelines.items() if name == source]
+
     def stats(self) -> dict:
         with self._lock:
             return {
@@ -117,6 +135,7 @@ def _capture_stats(c: Capture, users: int) -> dict:
         "source": c.spec.name,
         "kind": c.spec.kind,
         "state": c.state,
+        "failures": c.failures,
         "opens": c.opens,
         "frames_read": c.frames,
         "fps": round(c.measured_fps, 2),

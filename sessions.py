@@ -23,6 +23,7 @@ from typing import Optional
 from aiortc import RTCDataChannel, RTCPeerConnection
 
 from ai_stream import AIProcessedStream
+from sources.track import TrackSource
 
 log = logging.getLogger("visionguard.sessions")
 
@@ -43,6 +44,7 @@ class Session:
     created_mono: float = field(default_factory=time.monotonic)
     rx_packets: int = -1
     rx_changed: float = field(default_factory=time.monotonic)
+    camera: Optional[TrackSource] = None  # camera mode: the client's own video
     channel: Optional[RTCDataChannel] = None
     messages_sent: int = 0
     messages_skipped: int = 0
@@ -128,6 +130,8 @@ class SessionManager:
         self.closed_reasons[reason] = self.closed_reasons.get(reason, 0) + 1
         log.info("session %s closed (%s)", session_id, reason)
         session.detach_channel()
+        if session.camera is not None:
+            session.camera.stop()
         if session.track is not None:
             await session.track.release()
         await self.discard_pc(session.pc)

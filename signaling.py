@@ -21,8 +21,9 @@ from offer_check import OfferError, check_offer
 from rtc import rtc_configuration
 from sessions import Session
 from sources import SourceError, SourceSpec
-from sources.file import probe
+from sources.av_source import probe
 from sources.media import MediaPathError, resolve_media_path
+from sources.track import TrackSource
 
 log = logging.getLogger("visionguard.signaling")
 
@@ -158,18 +159,23 @@ async def _choose_source(request: Request, body: OfferRequest) -> SourceSpec:
     return state.sources["default"]
 
 
-async def _choose_model(request: Request, body: OfferRequest) -> tuple[ModelEntry, str]:
-    """The loaded model for this offer, and the notice to draw (a default that fell back)."""
+async def _choose_model(request: Request, body: OfferRequest, spec: Optional[SourceSpec]) -> tuple[ModelEntry, str]:
+    """The loaded model for this offer, and the notice to draw when a configured model fell back.
+
+    An offer's own `model` must load (else 409); the source's or the default model falls back
+    to `none` with a notice on the video."""
     state = _state(request)
     registry = state.models
-    if body.model is not None and body.model not in registry:
-        raise HTTPException(400, f"Unknown model {body.model!r}; choose one of {registry.names()}.")
-    name = body.model or state.default_model
-    try:
-        await asyncio.to_thread(registry.load, name)  # loading reads and compiles files: off the loop
-    except ModelLoadError as exc:
-        raise HTTPException(409, f"{exc}.") from None
-    return registry.entries[name], ("" if body.model else state.model_notice)
+    if body.model is not None:
+        if body.model not in registry:
+            raise HTTPException(400, f"Unknown model {body.model!r}; choose one of {registry.names()}.")
+        try:
+            await asyncio.to_thread(registry.load, body.model)  # loading reads files: off the loop
+        except ModelLoadError as exc:
+            raise HTTPException(409, f"{exc}.") from None
+        return registry.entries[body.model], ""
+    name = (spec.model if spec else None) or state.settings.DEFAULT_MODEL
+    return await asyncio.to_thread(registry.load_or_fallback, name)
 
 
 # -- routes ---------------------------------------------------------------------
@@ -179,7 +185,9 @@ async def offer(request: Request, body: OfferRequest) -> OfferResponse:
     """Send the browser's offer, get the server's answer and a `session_id`.
 
     The first `m=video` section decides the mode: `recvonly` means **view** (the server sends
-    the source's processed video). Audio sections are answered inactive. If the client opened a
+    the source's processed video); `sendrecv` or `sendonly` means **camera** (the server runs the
+    model on the client's own video and sends the result back on the same connection; give no
+    `source` or `video_path`). Audio sections are answered inactive. If the client opened a
     DataChannel labelled `detections` before its offer, it receives one JSON message per
     processing result on it.
     """
@@ -190,24 +198,35 @@ async def offer(request: Request, body: OfferRequest) -> OfferResponse:
     except OfferError as exc:
         raise HTTPException(400, str(exc)) from None
     if mode == "camera":
-        raise HTTPException(400, "Camera mode (a video section the client sends) is not supported yet; "
-                                 "offer a recvonly video transceiver.")
-    spec = await _choose_source(request, body)
-    model, notice = await _choose_model(request, body)
+        if body.source is not None or body.video_path is not None:
+            raise HTTPException(400, "Camera mode (the offer sends video) takes no source or video_path.")
+        spec = None
+    else:
+        spec = await _choose_source(request, body)
+    model, notice = await _choose_model(request, body, spec)
 
     state = _state(request)
     sessions = state.sessions
     if not sessions.reserve():
         raise HTTPException(503, "The server is full; try again later.", headers={"Retry-After": "5"})
+    session_id = sessions.new_id()
     pc = RTCPeerConnection(configuration=rtc_configuration(state.settings))
     sessions.track_pc(pc)
     track: Optional[AIProcessedStream] = None
+    camera: Optional[TrackSource] = None
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body.sdp, type="offer"))
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "audio":
                 transceiver.direction = "inactive"
-        pipeline = state.hub.acquire(spec, model, notice)
+        if mode == "camera":
+            # The client's own camera, processed per session (never shared) and sent back.
+            remote = next(t for t in pc.getTransceivers() if t.kind == "video").receiver.track
+            camera = TrackSource(remote, state.settings.TARGET_FPS)
+            spec = SourceSpec(name=f"camera-{session_id[:8]}", kind="camera")
+            pipeline = state.hub.acquire(spec, model, notice, source_factory=lambda: camera)
+        else:
+            pipeline = state.hub.acquire(spec, model, notice)
         track = AIProcessedStream(pipeline, on_end=state.hub.release)
         pc.addTrack(track)
         answer = await pc.createAnswer()
@@ -221,7 +240,10 @@ async def offer(request: Request, body: OfferRequest) -> OfferResponse:
         log.warning("offer could not be answered: %r", exc)
         raise HTTPException(400, f"The offer could not be answered: {exc or type(exc).__name__}.") from None
     sessions.unreserve()
-    session = Session(id=sessions.new_id(), pc=pc, source=spec.name, model=model.name, mode=mode, track=track)
+    if camera is not None:
+        camera.start()
+    session = Session(id=session_id, pc=pc, source=spec.name, model=model.name, mode=mode, track=track,
+                      camera=camera)
     sessions.add(session)
 
     @pc.on("datachannel")

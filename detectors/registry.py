@@ -60,6 +60,8 @@ class ModelRegistry:
         """The shared instance of `name`, loading it on first use (blocking: call off the loop)."""
         entry = self.entries[name]
         with entry.lock:
+            if entry.state == "error":  # a failed load is not retried on every request
+                raise ModelLoadError(f"Model {name!r} failed to load: {entry.error}")
             if entry.instance is None:
                 try:
                     entry.instance = entry.factory()
@@ -68,6 +70,15 @@ class ModelRegistry:
                     raise ModelLoadError(f"Model {name!r} failed to load: {entry.error}") from None
                 entry.state, entry.error = "ready", None
             return entry.instance
+
+    def load_or_fallback(self, name: str) -> tuple[ModelEntry, str]:
+        """The loaded model `name`, or `none` plus a notice to draw if `name` cannot load (blocking)."""
+        try:
+            self.load(name)
+            return self.entries[name], ""
+        except ModelLoadError:
+            self.load("none")
+            return self.entries["none"], f"model {name} unavailable"
 
     def info(self) -> list[dict]:
         return [{"name": e.name, "type": e.type, "state": e.state, "error": e.error,

@@ -3,7 +3,11 @@
 # With CI=true a package that cannot be installed is an error; elsewhere it is a warning.
 set -euo pipefail
 
-PACKAGES=(${VG_APT_PACKAGES:-})
+PACKAGES=(
+  # the RTSP server the tests start (GStreamer's gst-rtsp-server, run with Debian's python3)
+  python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
+)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

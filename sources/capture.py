@@ -1,25 +1,35 @@
 """One capture per source: a thread reads the source once, resizes each frame to the
-output size and puts it in a latest-value slot that every pipeline of that source reads."""
+output size and puts it in a latest-value slot that every pipeline of that source reads.
+
+When the source fails (cannot open, errors, ends, stalls past its read timeout) the capture
+closes it and tries again forever, with exponential backoff and jitter from 0.5 s up to
+`retry_max_s`. The backoff resets once the source has delivered good frames for a few seconds.
+State: `idle` (not started), `live`, `reconnecting` (was live, trying again), `failed` (has not
+opened yet, trying again); `last_error` says why, credentials redacted.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
 
 from meters import RateMeter
+from redact import redact
 from slots import LatestSlot
 from sources.base import FrameSource, SourceError
-from sources.spec import SourceSpec, open_source
+from sources.spec import SourceSpec
 from workers import Worker
 
 log = logging.getLogger("visionguard.capture")
 
-RETRY_MIN_S, RETRY_MAX_S = 0.5, 10.0
+RETRY_MIN_S = 0.5
+RESET_AFTER_S = 3.0  # this long live before a failure → the next retry starts from RETRY_MIN_S
 
 
 @dataclass(frozen=True)
@@ -30,19 +40,29 @@ class CapturedFrame:
 
 
 class Capture:
-    def __init__(self, spec: SourceSpec, width: int, height: int, fps: float) -> None:
+    def __init__(self, spec: SourceSpec, source_factory: Callable[[], FrameSource], width: int, height: int,
+                 fps: float, retry_max_s: float = 30.0) -> None:
         self.spec = spec
+        self._factory = source_factory
         self.width, self.height, self.default_fps = width, height, fps
+        self.retry_max_s = retry_max_s
         self.slot: LatestSlot[CapturedFrame] = LatestSlot()
-        self.state = "idle"  # idle | live | reconnecting | failed
+        self.state = "idle"
         self.last_error: Optional[str] = None
         self.opens = 0
         self.frames = 0
+        self.failures = 0
+        self.native_size: Optional[tuple[int, int]] = None
         self.rate = RateMeter()
         self._source: Optional[FrameSource] = None
         self._retry = RETRY_MIN_S
         self._due = 0.0
+        self._live_since = 0.0
         self.worker = Worker(f"vg-cap-{spec.name}", self._step, self._on_error)
+
+    @property
+    def measured_fps(self) -> float:
+        return self.rate.rate
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -54,12 +74,8 @@ class Capture:
         self.slot.wake()
         self.state = "idle"
 
-    @property
-    def measured_fps(self) -> float:
-        return self.rate.rate
-
     def _on_error(self, message: str) -> None:
-        self.last_error = message
+        self.last_error = redact(message)
 
     # -- the capture loop -----------------------------------------------
     def _step(self) -> None:
@@ -75,17 +91,19 @@ class Capture:
             return
         if image is None:
             return
+        self.native_size = (image.shape[1], image.shape[0])
         if image.shape[1] != self.width or image.shape[0] != self.height:
             image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
         image.flags.writeable = False  # shared by every pipeline: nobody draws on it
         self.frames += 1
         self.slot.put(CapturedFrame(self.frames, time.time(), image))
         self.rate.tick()
-        self.state = "live"
-        self._retry = RETRY_MIN_S
+        if self.state != "live":
+            self.state, self._live_since = "live", time.monotonic()
+            log.info("source %s is live", self.spec.name)
 
     def _open(self) -> None:
-        source = open_source(self.spec, self.width, self.height, self.default_fps)
+        source = self._factory()
         try:
             source.open()
         except SourceError as exc:
@@ -97,13 +115,17 @@ class Capture:
         log.info("source %s opened (%s, %.1f fps)", self.spec.name, self.spec.kind, source.fps)
 
     def _fail(self, message: str) -> None:
-        """Close, record, and wait (backing off) before the next open."""
+        """Close, record, and wait (exponential backoff with jitter) before the next open."""
         self._close()
-        self.last_error = message
-        self.state = "reconnecting"
-        log.warning("source %s: %s; retrying in %.1f s", self.spec.name, message, self._retry)
-        self.worker.stop_event.wait(self._retry)
-        self._retry = min(self._retry * 2, RETRY_MAX_S)
+        self.failures += 1
+        self.last_error = redact(message)
+        if self.state == "live" and time.monotonic() - self._live_since >= RESET_AFTER_S:
+            self._retry = RETRY_MIN_S
+        self.state = "reconnecting" if self.opens else "failed"
+        delay = min(self._retry, self.retry_max_s) * random.uniform(0.8, 1.2)
+        log.warning("source %s: %s; retrying in %.1f s", self.spec.name, self.last_error, delay)
+        self.worker.stop_event.wait(delay)
+        self._retry = min(self._retry * 2, self.retry_max_s)
 
     def _pace(self, fps: float) -> None:
         period = 1.0 / (fps or self.default_fps)

@@ -109,3 +109,59 @@ def vtest_frames(path: Path, n: int, size=(640, 480)):
             if len(out) == n:
                 break
     return out
+
+
+class RtspServer:
+    """GStreamer's RTSP server in a child process (tests/rtsp_server.py), killable and restartable."""
+
+    SCRIPT = ROOT / "tests" / "rtsp_server.py"
+
+    def __init__(self, user: str = "vg", password: str = "s3cret") -> None:
+        import subprocess
+
+        self.port = free_port()
+        self.user, self.password = user, password
+        self.proc: "subprocess.Popen | None" = None
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://{self.user}:{self.password}@127.0.0.1:{self.port}/cam"
+
+    def start(self) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(["/usr/bin/python3", str(self.SCRIPT), str(self.port), self.user, self.password],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = self.proc.stdout.readline()
+        assert line.strip() == "ready", line + self.proc.stdout.read()
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def _gst_rtsp_available() -> bool:
+    import subprocess
+
+    check = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+    try:
+        return subprocess.run(["/usr/bin/python3", "-c", check], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture
+def rtsp_server():
+    import os
+
+    if not _gst_rtsp_available():
+        message = "GStreamer's RTSP server is missing (scripts/system-deps.sh installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RtspServer()
+    server.start()
+    yield server
+    server.kill()

@@ -39,9 +39,14 @@ class Viewer:
         await self.pc.close()
 
 
-async def connect(base_url: str, timeout: float = 30.0, detections: bool = False, **fields) -> Viewer:
+async def connect(base_url: str, timeout: float = 30.0, detections: bool = False, send_track=None,
+                  **fields) -> Viewer:
+    """View mode; with `send_track`, camera mode (the track is sent and comes back processed)."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("video", direction="recvonly")
+    if send_track is not None:
+        pc.addTransceiver(send_track, direction="sendrecv")
+    else:
+        pc.addTransceiver("video", direction="recvonly")
     loop = asyncio.get_running_loop()
     track_future: asyncio.Future = loop.create_future()
     messages: list = []

@@ -165,10 +165,11 @@ async def test_body_size_capped_413(api):
     assert counts(app) == (0, 0, 0, 0)
 
 
-async def test_camera_mode_offer_is_refused_for_now(api):
+async def test_camera_mode_offer_takes_no_source(api):
     http, app = api
-    r = await http.post("/api/offer", json={"sdp": await client_offer_sdp("sendrecv"), "type": "offer"})
-    assert r.status_code == 400 and "camera" in r.json()["detail"].lower()
+    for extra in ({"source": "default"}, {"video_path": "clip.mp4"}):
+        r = await http.post("/api/offer", json={"sdp": await client_offer_sdp("sendrecv"), "type": "offer", **extra})
+        assert r.status_code == 400 and "camera" in r.json()["detail"].lower()
     assert counts(app) == (0, 0, 0, 0)
 
 
