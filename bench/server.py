@@ -1,0 +1,47 @@
+"""Start `python main.py` in its own process for a benchmark (loopback ICE, no STUN)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(**settings):
+    """Yields (base URL, Popen). Settings are env vars; lists/maps given as JSON strings."""
+    port = free_port()
+    env = {**os.environ, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "STUN_SERVERS": "[]",
+           "ICE_HOST_ADDRESSES": '["127.0.0.1"]', "PYTHONUNBUFFERED": "1",
+           **{k: str(v) for k, v in settings.items()}}
+    proc = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("server did not start")
+                time.sleep(0.2)
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
