@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -53,6 +54,7 @@ class Capture:
         self.frames = 0
         self.failures = 0
         self.native_size: Optional[tuple[int, int]] = None
+        self.retry_delays: deque[float] = deque(maxlen=20)  # the backoff as it happened, for /info and tests
         self.rate = RateMeter()
         self._source: Optional[FrameSource] = None
         self._retry = RETRY_MIN_S
@@ -123,6 +125,7 @@ class Capture:
             self._retry = RETRY_MIN_S
         self.state = "reconnecting" if self.opens else "failed"
         delay = min(self._retry, self.retry_max_s) * random.uniform(0.8, 1.2)
+        self.retry_delays.append(delay)
         log.warning("source %s: %s; retrying in %.1f s", self.spec.name, self.last_error, delay)
         self.worker.stop_event.wait(delay)
         self._retry = min(self._retry * 2, self.retry_max_s)

@@ -214,3 +214,23 @@ async def test_ice_servers_route_is_the_only_place_with_turn_credentials():
             assert ice == {"iceServers": [{"urls": "stun:stun.example.com:3478"}, turn[0]]}
             for route in ("/info", "/health", "/api/sources", "/api/models", "/openapi.json"):
                 assert "t0ps3cret" not in (await http.get(route)).text, route
+
+
+async def test_stalled_stream_is_detected_and_recovers(rtsp_server):
+    """The camera keeps its TCP connection open but sends nothing (process stopped)."""
+    import signal
+
+    async with running_server(SOURCES={"lobby": {"url": rtsp_server.url, "model": "none"}}, **RTSP_FAST) as (url, app):
+        viewer = await connect(url, source="lobby", detections=True)
+        await viewer.receive(10)
+        assert await wait_until(lambda: len(viewer.messages) >= 10, 20)
+        capture = app.state.hub.capture_for("lobby")
+        os.kill(rtsp_server.proc.pid, signal.SIGSTOP)
+        try:
+            assert await wait_until(lambda: capture.state == "reconnecting", 15), capture.state
+        finally:
+            os.kill(rtsp_server.proc.pid, signal.SIGCONT)
+        before = viewer.messages[-1][1]["frame_id"]
+        assert await wait_until(lambda: viewer.messages[-1][1]["frame_id"] > before + 5, 30)
+        assert capture.state == "live"
+        await viewer.close()
