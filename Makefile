@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test venv system-deps demo-video clean
+.PHONY: run test venv system-deps demo-video react-example clean
 
 # OpenCV's pedestrian sample (from Debian's opencv-doc), checked by sha256; git ignores media/.
 DEMO_VIDEO := media/vtest.avi
@@ -31,8 +31,16 @@ run: $(STAMP)
 	@if [ -z "$${VIDEO_FILE_PATH+x}" ] && [ -f $(DEMO_VIDEO) ] && ! grep -qs '^VIDEO_FILE_PATH=' .env; then \
 		export VIDEO_FILE_PATH=vtest.avi; fi; exec $(PY) main.py
 
-test: system-deps $(STAMP) $(DEMO_VIDEO)
+# The React example is built on every test run so that it cannot rot.
+REACT_DIST := examples/react/dist/index.html
+$(REACT_DIST): examples/react/package.json examples/react/package-lock.json examples/react/index.html \
+		examples/react/vite.config.js $(wildcard examples/react/src/*)
+	cd examples/react && npm ci --no-audit --no-fund && npm run build
+
+react-example: $(REACT_DIST)
+
+test: system-deps $(STAMP) $(DEMO_VIDEO) $(REACT_DIST)
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache examples/react/node_modules examples/react/dist

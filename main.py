@@ -9,13 +9,15 @@ import asyncio
 import logging
 import sys
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Literal, Optional
 
 import cv2
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,12 +33,14 @@ from sources.spec import SourceSpec, default_source, parse_source
 
 log = logging.getLogger("visionguard")
 
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
 
 # -- response models ------------------------------------------------------------
 class RootResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "service": APP_NAME, "version": APP_VERSION, "status": "running",
-        "endpoints": {"docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json", "health": "/health",
+        "endpoints": {"demo": "/demo", "docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json", "health": "/health",
                       "info": "/info", "api": {"offer": "/api/offer", "sessions": "/api/sessions"}}}]})
 
     service: str
@@ -126,6 +130,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     _add_error_handlers(app)
     app.include_router(router)
     app.include_router(catalog_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_root_routes(app)
     return app
 
@@ -195,11 +200,17 @@ def _add_root_routes(app: FastAPI) -> None:
     @app.get("/", response_model=RootResponse, tags=["service"], summary="API information")
     async def root() -> RootResponse:
         return RootResponse(service=APP_NAME, version=APP_VERSION, endpoints={
-            "docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json", "health": "/health",
-            "info": "/info",
+            "demo": "/demo", "docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json",
+            "health": "/health", "info": "/info",
             "api": {"offer": "/api/offer", "sessions": "/api/sessions", "session": "/api/session/{session_id}",
                     "health": "/api/health", "models": "/api/models", "sources": "/api/sources",
                     "ice_servers": "/api/ice-servers"}})
+
+    @app.get("/demo", tags=["service"], summary="The demo page", response_class=FileResponse)
+    async def demo() -> FileResponse:
+        """A browser page that connects to this server: pick a source and a model, or send your
+        own camera, and watch the annotated video with its detections and live stats."""
+        return FileResponse(STATIC_DIR / "demo.html", headers={"Cache-Control": "no-cache"})
 
     @app.get("/health", response_model=HealthResponse, tags=["service"], summary="Health check")
     async def health(request: Request) -> HealthResponse:
@@ -303,7 +314,7 @@ def print_banner(settings: Settings, spec) -> None:
             else f"✓ CORS: Allowing {', '.join(settings.CORS_ORIGINS)}")
     print("\n".join([
         line, f"Starting {APP_NAME} v{APP_VERSION}", line, video, cors,
-        f"✓ API docs: {base}/docs", f"✓ Health:   {base}/health",
+        f"✓ Demo:     {base}/demo", f"✓ API docs: {base}/docs", f"✓ Health:   {base}/health",
         "✓ Application started successfully", line]), flush=True)
 
 

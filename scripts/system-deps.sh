@@ -4,6 +4,8 @@
 set -euo pipefail
 
 PACKAGES=(
+  # the real browser the tests drive (through pip's playwright; never `playwright install`)
+  chromium
   # the RTSP server the tests start (GStreamer's gst-rtsp-server, run with Debian's python3)
   python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly

@@ -34,11 +34,11 @@ def vg_threads() -> list[str]:
 
 
 @asynccontextmanager
-async def running_server(**overrides):
-    """A real uvicorn server on a free loopback port, in this event loop."""
+async def running_server(port: int = 0, **overrides):
+    """A real uvicorn server on a loopback port (free unless given), in this event loop."""
     import main
 
-    port = free_port()
+    port = port or free_port()
     settings = load_settings(**{**TEST_ENV, "SERVER_PORT": port, **overrides})
     app = main.create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))

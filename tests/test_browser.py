@@ -1,0 +1,189 @@
+"""The demo page and the React example in a real Chromium (Debian's, driven by Playwright)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from conftest import ROOT, free_port, running_server
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+REACT = ROOT / "examples" / "react"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--allow-loopback-in-peer-connection",
+         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+
+
+@pytest.fixture
+async def browser():
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI") == "true":
+            pytest.fail("Chromium is missing (scripts/system-deps.sh installs it)")
+        pytest.skip("Chromium is missing: apt-get install chromium")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        # without camera/microphone permission Chromium gathers no loopback candidate
+        context = await chromium.new_context(permissions=["camera", "microphone"])
+        yield context
+        await context.close()
+        await chromium.close()
+
+
+async def frames_decoded(page) -> int:
+    return await page.evaluate("""async () => {
+        const pc = window.vg.peer();
+        if (!pc) return 0;
+        let n = 0;
+        (await pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") n = s.framesDecoded; });
+        return n;
+    }""")
+
+
+async def playing_rate(page, seconds: float = 5.0) -> float:
+    a = await frames_decoded(page)
+    await asyncio.sleep(seconds)
+    return (await frames_decoded(page) - a) / seconds
+
+
+def not_blank(png: bytes, box=None) -> float:
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    return float(image.std())
+
+
+async def test_demo_page_plays_with_detections_and_stats(browser, vtest):
+    async with running_server(MEDIA_DIR=vtest.parent, VIDEO_FILE_PATH="vtest.avi", DEFAULT_MODEL="person") as (url, app):
+        async with httpx.AsyncClient(base_url=url) as http:
+            assert (await http.get("/")).json()["endpoints"]["demo"] == "/demo"
+        page = await browser.new_page()
+        await page.goto(url + "/demo")
+        await page.wait_for_function("document.querySelectorAll('#source option').length > 0")
+        first_button = page.locator("button").first
+        assert await first_button.text_content() == "Connect"
+        await first_button.click()
+        await page.wait_for_function("document.getElementById('video').videoWidth === 640", timeout=30000)
+        assert await page.evaluate("document.getElementById('video').videoHeight") == 480
+        await page.wait_for_function("window.vg.status === 'connected'")
+        rate = await playing_rate(page)
+        assert 15 < rate < 45, rate
+        first = await page.text_content("#frame-id")
+        await page.wait_for_function(f"document.getElementById('frame-id').textContent !== '{first}'")
+        await page.wait_for_function("document.querySelectorAll('#detections li').length > 0", timeout=15000)
+        assert "person" in await page.text_content("#detections")
+        await page.wait_for_function("document.getElementById('st-codec').textContent !== '-'", timeout=10000)
+        assert await page.text_content("#st-res") == "640×480"
+        assert (await page.text_content("#st-fps")).isdigit()
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = await page.screenshot(path=str(ARTIFACTS / "demo-view.png"))
+        video_shot = await page.locator("#video").screenshot(path=str(ARTIFACTS / "demo-video.png"))
+        assert not_blank(shot) > 10 and not_blank(video_shot) > 20
+        (session,) = app.state.sessions.sessions.values()
+        await page.click("#disconnect")
+        assert await wait_gone(app, session.id)
+
+
+async def wait_gone(app, session_id: str, timeout: float = 10) -> bool:
+    for _ in range(int(timeout * 10)):
+        if session_id not in app.state.sessions.sessions:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_demo_camera_mode_round_trips_the_fake_camera(browser):
+    async with running_server(DEFAULT_MODEL="person") as (url, app):
+        page = await browser.new_page()
+        await page.goto(url + "/demo")
+        await page.select_option("#mode", "camera")
+        await page.click("#connect")
+        await page.wait_for_function("document.getElementById('video').videoWidth === 640", timeout=30000)
+        rate = await playing_rate(page)
+        assert rate > 10, rate  # the fake camera's own rate, processed and sent back
+        (session,) = app.state.sessions.sessions.values()
+        assert session.mode == "camera" and session.camera.received > 30
+        await page.wait_for_function("window.vg.messages > 5", timeout=15000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        assert not_blank(await page.locator("#video").screenshot(path=str(ARTIFACTS / "demo-camera.png"))) > 10
+
+
+async def test_demo_shows_api_errors_to_the_person(browser):
+    async with running_server(MAX_SESSIONS=1) as (url, app):
+        one = await browser.new_page()
+        await one.goto(url + "/demo")
+        await one.click("#connect")
+        await one.wait_for_function("window.vg.status === 'connected'", timeout=30000)
+        two = await browser.new_page()
+        await two.goto(url + "/demo")
+        await two.click("#connect")
+        await two.wait_for_function("!document.getElementById('error').hidden", timeout=15000)
+        assert "server is full" in (await two.text_content("#error")).lower()
+        await two.click("#disconnect")
+
+
+async def test_demo_reconnects_by_itself_after_a_server_restart(browser):
+    port = free_port()
+    page = await browser.new_page()
+    async with running_server(port=port) as (url, app):
+        await page.goto(url + "/demo")
+        await page.click("#connect")
+        await page.wait_for_function("window.vg.status === 'connected'", timeout=30000)
+    # the server is gone: the page notices and says so
+    await page.wait_for_function("window.vg.status === 'reconnecting'", timeout=30000)
+    assert "reconnecting" in (await page.text_content("#error")).lower()
+    async with running_server(port=port) as (url, app):
+        await page.wait_for_function("window.vg.status === 'connected'", timeout=60000)
+        assert await page.evaluate("window.vg.reconnects") >= 1
+        assert await playing_rate(page, 3) > 10
+        assert len(app.state.sessions.sessions) == 1
+
+
+@pytest.fixture(scope="module")
+def react_dist() -> Path:
+    """The React example, built with Vite (`npm ci && npm run build`; make test does it first)."""
+    dist = REACT / "dist" / "index.html"
+    if not dist.exists():
+        if not shutil.which("npm"):
+            pytest.fail("npm is missing: the React example cannot be built")
+        subprocess.run("npm ci --no-audit --no-fund && npm run build", shell=True, cwd=REACT, check=True,
+                       timeout=600)
+    return dist.parent
+
+
+async def test_react_example_on_another_origin_plays(browser, react_dist):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(react_dist))
+    static = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=static.serve_forever, name="static-server", daemon=True).start()
+    try:
+        async with running_server() as (url, app):
+            page = await browser.new_page()
+            page_url = f"http://127.0.0.1:{static.server_port}/index.html?backend={url}"
+            await page.goto(page_url)
+            await page.click("text=Connect")
+            await page.wait_for_function("document.querySelector('video').videoWidth === 640", timeout=30000)
+            await page.wait_for_function("document.querySelector('[data-testid=frame]').textContent !== 'frame: -'",
+                                         timeout=15000)
+            assert await page.text_content("[data-testid=status]") == "connected"
+            assert len(app.state.sessions.sessions) == 1
+            ARTIFACTS.mkdir(exist_ok=True)
+            assert not_blank(await page.locator("video").screenshot(path=str(ARTIFACTS / "react.png"))) > 10
+            await page.click("text=Disconnect")
+            for _ in range(100):  # DELETE /api/session/{id} ends it at once
+                if not app.state.sessions.sessions:
+                    break
+                await asyncio.sleep(0.1)
+            assert app.state.sessions.sessions == {}
+    finally:
+        static.shutdown()
