@@ -1,13 +1,19 @@
 """`AIProcessedStream`: the per-viewer video track.
 
-Each viewer awaits the shared pipeline's next tick and wraps the shared, read-only I420
-image in its own `av.VideoFrame` (aiortc's encoder writes `pts` and `pict_type` on the
-frame object it gets, so frame objects are never shared between viewers)."""
+Two ways to feed aiortc (`ENCODE_MODE`):
+- `shared` (default): `recv()` returns the pipeline's shared encoded packet for this viewer's
+  codec (`av.Packet`, time base 1/90000), which aiortc only packetises. Packets are taken in
+  order from the pipeline's short ring; a viewer starts at a keyframe, and after losing packets
+  (it fell further behind than the ring) it skips to the newest and asks for a keyframe.
+- `per_viewer`: `recv()` returns an `av.VideoFrame` and aiortc encodes it for this viewer. The
+  shared, read-only I420 image is wrapped in a new frame per viewer (aiortc's encoder writes
+  `pts` and `pict_type` on the frame object it is given).
+"""
 
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Awaitable, Callable, Optional
+from typing import Awaitable, Callable, Optional, Union
 
 import av
 from aiortc import VideoStreamTrack
@@ -25,23 +31,64 @@ class AIProcessedStream(VideoStreamTrack):
         super().__init__()
         self.pipeline = pipeline
         self._on_end = on_end
+        self.codec: Optional[str] = None  # set by use_shared_encoder
         self.frames_sent = 0
         self.last_frame_id = 0
+        self.keyframe_requests = 0
+        self.lost = 0  # times this viewer fell behind the ring and had to wait for a keyframe
+        self._seq = -1
+        self._need_keyframe = True
 
-    async def recv(self) -> av.VideoFrame:
+    def use_shared_encoder(self, codec: str) -> None:
+        """Send the pipeline's shared `codec` packets instead of frames (call before it starts)."""
+        self.codec = codec
+        self.pipeline.use_codec(codec)
+
+    def request_keyframe(self) -> None:
+        """This viewer's decoder needs a keyframe (PLI/FIR); the shared encoder rate-limits."""
+        self.keyframe_requests += 1
+        if self.codec is not None:
+            self.pipeline.request_keyframe(self.codec)
+
+    async def recv(self) -> Union[av.VideoFrame, av.Packet]:
         if self.readyState != "live":
             raise MediaStreamError
-        out = await self.pipeline.next_frame()
-        frame = av.VideoFrame.from_ndarray(out.i420, format="yuv420p")
-        frame.pts = out.pts
-        frame.time_base = TIME_BASE
+        if self.codec is None:
+            out = await self.pipeline.next_frame()
+            frame = av.VideoFrame.from_ndarray(out.i420, format="yuv420p")
+            frame.pts, frame.time_base = out.pts, TIME_BASE
+            return self._sent(out, frame)
+        while True:
+            out, lost = self.pipeline.after(self._seq) if self._seq >= 0 else (None, False)
+            if out is None:
+                await self.pipeline.wait_tick()
+                if self._seq < 0:  # first packet: start from the newest tick
+                    self._seq = self.pipeline.newest().seq - 1
+                    self.request_keyframe()
+                continue
+            if lost:
+                self.lost += 1
+                self._need_keyframe = True
+                self.request_keyframe()
+            self._seq = out.seq
+            encoded = out.encoded.get(self.codec)
+            if encoded is None or (self._need_keyframe and not encoded.keyframe):
+                continue  # the encoder starts next tick, or a keyframe is on its way
+            self._need_keyframe = False
+            packet = av.Packet(encoded.data)
+            packet.pts, packet.time_base = encoded.pts, TIME_BASE
+            return self._sent(out, packet)
+
+    def _sent(self, out, media):
         self.frames_sent += 1
         self.last_frame_id = out.frame_id
-        return frame
+        return media
 
     async def release(self) -> None:
         """Stop the track and give the pipeline back (idempotent)."""
         self.stop()
         on_end, self._on_end = self._on_end, None
         if on_end is not None:
+            if self.codec is not None:
+                self.pipeline.drop_codec(self.codec)
             await on_end(self.pipeline)

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     # Thread pools, sized for a 2-core box: inference gets one core, everything else the other
     ORT_THREADS: int = Field(1, ge=1, le=64)
     CV2_THREADS: int = Field(1, ge=0, le=64)
+
+    # Encoding
+    ENCODE_MODE: Literal["shared", "per_viewer"] = "shared"
+    VIDEO_BITRATE: int = Field(1_000_000, ge=50_000, le=20_000_000)
+    KEYFRAME_INTERVAL: float = Field(2.0, gt=0, le=60)
 
     # WebRTC
     STUN_SERVERS: list[Union[str, IceServer]] = [IceServer(urls="stun:stun.l.google.com:19302")]

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from catalog import router as catalog_router
 from config import APP_NAME, APP_VERSION, InvalidSettings, Settings, get_settings, load_settings
 from detectors import ModelLoadError, ModelRegistry
+from model import EncodeSettings
 from pipelines import PipelineHub
 from rtc import restrict_host_addresses
 from sessions import SessionManager
@@ -119,7 +120,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             raise InvalidSettings(f"Invalid setting SOURCES: source {spec.name!r} names unknown model {spec.model!r}")
     app.state.hub = PipelineHub(settings.DEFAULT_WIDTH, settings.DEFAULT_HEIGHT, settings.TARGET_FPS,
                                 settings.RTSP_OPEN_TIMEOUT_S, settings.RTSP_STALL_TIMEOUT_S,
-                                settings.RTSP_RECONNECT_MAX_S)
+                                settings.RTSP_RECONNECT_MAX_S,
+                                EncodeSettings(settings.VIDEO_BITRATE, settings.KEYFRAME_INTERVAL))
     app.state.sessions = SessionManager(settings.MAX_SESSIONS, settings.CONNECT_TIMEOUT,
                                         settings.PEER_INACTIVITY_TIMEOUT)
 

@@ -7,18 +7,23 @@
   the status band; frames that arrived meanwhile are skipped, never queued.
 - The clock thread owns the output rate: every tick it publishes the newest processed frame
   (repeating it when the source is slower or stalled, a placeholder before the first one),
-  converted once to I420 for every viewer.
-- Viewers (`ai_stream.AIProcessedStream`) await `next_frame()` on the event loop. The clock
-  hands each tick to the loop through a one-deep latest-value hand-off, so a busy loop sees
-  the newest tick, not a backlog.
+  converted once to I420 and, in shared encode mode, encoded once per codec in use
+  (`encoders.py`) for every viewer.
+- Ticks go into a short ring (`RING_TICKS`); the event loop is woken through a one-deep
+  hand-off. Viewers (`ai_stream.AIProcessedStream`) read the ring on the loop: a viewer that
+  takes frames takes the newest; a viewer that takes encoded packets takes them in order, so
+  a brief stall costs it nothing, and one that falls further behind than the ring jumps to
+  the newest tick and waits for a keyframe. Nothing grows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import cv2
@@ -26,6 +31,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError
 
 from detectors import Detection, Processor
+from encoders import EncodedFrame, SharedEncoder
 from meters import RateMeter
 from overlay import draw_status, placeholder, render
 from slots import LatestSlot, LoopHandoff
@@ -33,6 +39,7 @@ from sources.capture import Capture
 from workers import Worker
 
 VIDEO_CLOCK_RATE = 90000  # RTP video clock: pts are in 1/90000 s
+RING_TICKS = 8  # how far (in ticks) a viewer of encoded packets may lag without a keyframe
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class ProcessedFrame:
 class OutFrame:
     """One clock tick as every viewer receives it. `i420` is shared and read-only."""
 
+    seq: int  # consecutive count of published ticks: a gap means a viewer missed some
     tick: int
     pts: int  # 90 kHz
     frame_id: int  # source frame shown (0 before the first one)
@@ -56,11 +64,19 @@ class OutFrame:
     i420: np.ndarray
     width: int
     height: int
+    encoded: dict[str, EncodedFrame] = field(default_factory=dict)  # codec → shared packet
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    bitrate: int = 1_000_000
+    keyframe_interval_s: float = 2.0
 
 
 class AIProcessor:
     def __init__(self, capture: Capture, processor: Processor, model: str, fps: int, notice: str = "",
-                 on_timing: Optional[Callable[[float], None]] = None) -> None:
+                 on_timing: Optional[Callable[[float], None]] = None,
+                 encode: EncodeSettings = EncodeSettings()) -> None:
         self.capture = capture
         self.processor = processor
         self.source = capture.spec.name
@@ -83,7 +99,14 @@ class AIProcessor:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._next: Optional[asyncio.Future] = None
         self._closed = False
-        self._ticks: Optional[LoopHandoff[OutFrame]] = None
+        self._ticks: Optional[LoopHandoff[int]] = None
+        self._ring: deque[OutFrame] = deque(maxlen=RING_TICKS)
+        self._ring_lock = threading.Lock()
+        # shared encoders, by codec, with how many viewers use each
+        self._encode = encode
+        self.encoders: dict[str, SharedEncoder] = {}
+        self._codec_users: dict[str, int] = {}
+        self._encoders_lock = threading.Lock()
         self._results: Optional[LoopHandoff[ProcessedFrame]] = None
         self._listeners: list[Callable[[ProcessedFrame], None]] = []
         # clock state
@@ -127,12 +150,43 @@ class AIProcessor:
         return self.proc_worker.last_error or self.clock_worker.last_error
 
     # -- for viewers (event loop) -----------------------------------------
-    async def next_frame(self) -> OutFrame:
-        """The next tick's frame. Every viewer waiting gets the same OutFrame."""
+    async def wait_tick(self) -> None:
+        """Return when the clock has published a new tick."""
         if self._closed or self._next is None:
             raise MediaStreamError
         # shield: one viewer's cancellation must not cancel the future the others wait on
-        return await asyncio.shield(self._next)
+        await asyncio.shield(self._next)
+
+    async def next_frame(self) -> OutFrame:
+        """The newest tick after the current one (for viewers that take frames)."""
+        await self.wait_tick()
+        return self.newest()
+
+    def newest(self) -> Optional[OutFrame]:
+        with self._ring_lock:
+            return self._ring[-1] if self._ring else None
+
+    def after(self, seq: int) -> tuple[Optional[OutFrame], bool]:
+        """The oldest ringed tick published after `seq`, and whether some in between are gone."""
+        with self._ring_lock:
+            for out in self._ring:
+                if out.seq > seq:
+                    return out, out.seq != seq + 1
+        return None, False
+
+    # -- shared encoding (event loop side) ----------------------------------
+    def use_codec(self, codec: str) -> None:
+        with self._encoders_lock:
+            self._codec_users[codec] = self._codec_users.get(codec, 0) + 1
+
+    def drop_codec(self, codec: str) -> None:
+        with self._encoders_lock:
+            self._codec_users[codec] -= 1
+
+    def request_keyframe(self, codec: str) -> None:
+        encoder = self.encoders.get(codec)
+        if encoder is not None:
+            encoder.request_keyframe()
 
     def _fail_waiters(self) -> None:
         if self._next is not None and not self._next.done():
@@ -147,11 +201,11 @@ class AIProcessor:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def _deliver(self, out: OutFrame) -> None:
+    def _deliver(self, tick: int) -> None:
         if self._closed:
             return
         fut, self._next = self._next, self._loop.create_future()
-        fut.set_result(out)
+        fut.set_result(tick)
 
     def _deliver_result(self, result: ProcessedFrame) -> None:
         for listener in list(self._listeners):
@@ -209,15 +263,29 @@ class AIProcessor:
         if key != self._shown_key:
             self._shown_i420 = self._render(processed, notice)
             self._shown_key, self._shown = key, processed
-        self._ticks.put(OutFrame(
-            tick=tick,
-            pts=tick * VIDEO_CLOCK_RATE // self.fps,
+        pts = tick * VIDEO_CLOCK_RATE // self.fps
+        out = OutFrame(
+            seq=self.ticks, tick=tick, pts=pts,
             frame_id=processed.frame_id if processed else 0,
             ts=processed.ts if processed else time.time(),
-            i420=self._shown_i420,
-            width=self.width,
-            height=self.height,
-        ))
+            i420=self._shown_i420, width=self.width, height=self.height,
+            encoded=self._encode_tick(self._shown_i420, tick, pts),
+        )
+        with self._ring_lock:
+            self._ring.append(out)
+        self._ticks.put(tick)
+
+    def _encode_tick(self, i420: np.ndarray, tick: int, pts: int) -> dict[str, EncodedFrame]:
+        """Encode this tick once for each codec that shared-mode viewers use."""
+        with self._encoders_lock:
+            for codec, users in self._codec_users.items():
+                if users > 0 and codec not in self.encoders:
+                    self.encoders[codec] = SharedEncoder(codec, self.width, self.height, self.fps,
+                                                         self._encode.bitrate, self._encode.keyframe_interval_s)
+                elif users <= 0 and codec in self.encoders:
+                    del self.encoders[codec]
+            encoders = list(self.encoders.values())
+        return {e.codec: e.encode(i420, tick, pts) for e in encoders}
 
     def _render(self, processed: Optional[ProcessedFrame], notice: str) -> np.ndarray:
         if processed is None:
@@ -250,4 +318,5 @@ class AIProcessor:
             "ticks": self.ticks,
             "last_error": self.last_error,
             "notice": self.notice or None,
+            "encoders": [e.stats() for e in list(self.encoders.values())],
         }

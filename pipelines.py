@@ -10,7 +10,7 @@ import threading
 from typing import Callable, Optional
 
 from detectors import ModelEntry
-from model import AIProcessor
+from model import AIProcessor, EncodeSettings
 from sources import FrameSource, SourceSpec, open_source
 from sources.capture import Capture
 from workers import Worker
@@ -20,8 +20,9 @@ log = logging.getLogger("visionguard.pipelines")
 
 class PipelineHub:
     def __init__(self, width: int, height: int, fps: int, open_timeout: float = 5.0, read_timeout: float = 5.0,
-                 retry_max_s: float = 30.0) -> None:
+                 retry_max_s: float = 30.0, encode: EncodeSettings = EncodeSettings()) -> None:
         self.width, self.height, self.fps = width, height, fps
+        self.encode = encode
         self.open_timeout, self.read_timeout, self.retry_max_s = open_timeout, read_timeout, retry_max_s
         self._captures: dict[str, Capture] = {}
         self._capture_users: dict[str, int] = {}
@@ -50,7 +51,8 @@ class PipelineHub:
                     self._capture_users[spec.name] = 0
                     self.captures_started += 1
                 self._capture_users[spec.name] += 1
-                pipeline = AIProcessor(capture, model.instance, model.name, self.fps, notice, model.record)
+                pipeline = AIProcessor(capture, model.instance, model.name, self.fps, notice, model.record,
+                                       self.encode)
                 pipeline.start(loop)
                 self._pipelines[(spec.name, model.name)] = pipeline
                 self.pipelines_started += 1

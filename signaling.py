@@ -178,6 +178,18 @@ async def _choose_model(request: Request, body: OfferRequest, spec: Optional[Sou
     return await asyncio.to_thread(registry.load_or_fallback, name)
 
 
+def _share_encoder(pc: RTCPeerConnection, sender, track: AIProcessedStream) -> None:
+    """Feed this viewer the pipeline's shared packets for the negotiated codec.
+
+    aiortc (pinned 1.16) ignores PLI/FIR when a track hands it packets: its `_send_keyframe`
+    only sets a flag that its own encoder reads. The sender's hook is pointed at the shared
+    encoder instead (which rate-limits)."""
+    transceiver = next(t for t in pc.getTransceivers() if t.sender is sender)
+    codec = transceiver._codecs[0].mimeType.split("/")[-1].lower()  # negotiated by setRemoteDescription
+    track.use_shared_encoder(codec)
+    sender._send_keyframe = track.request_keyframe
+
+
 # -- routes ---------------------------------------------------------------------
 @router.post("/offer", response_model=OfferResponse, summary="Exchange an SDP offer for an answer",
              responses=_errors(400, 404, 409, 413, 422, 503))
@@ -228,7 +240,9 @@ async def offer(request: Request, body: OfferRequest) -> OfferResponse:
         else:
             pipeline = state.hub.acquire(spec, model, notice)
         track = AIProcessedStream(pipeline, on_end=state.hub.release)
-        pc.addTrack(track)
+        sender = pc.addTrack(track)
+        if state.settings.ENCODE_MODE == "shared":
+            _share_encoder(pc, sender, track)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)  # gathers ICE candidates
     except Exception as exc:
