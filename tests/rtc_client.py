@@ -40,13 +40,19 @@ class Viewer:
 
 
 async def connect(base_url: str, timeout: float = 30.0, detections: bool = False, send_track=None,
-                  **fields) -> Viewer:
-    """View mode; with `send_track`, camera mode (the track is sent and comes back processed)."""
+                  codec: Optional[str] = None, **fields) -> Viewer:
+    """View mode; with `send_track`, camera mode (the track is sent and comes back processed).
+    `codec` ("vp8" or "h264") is offered alone."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     if send_track is not None:
-        pc.addTransceiver(send_track, direction="sendrecv")
+        transceiver = pc.addTransceiver(send_track, direction="sendrecv")
     else:
-        pc.addTransceiver("video", direction="recvonly")
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+    if codec is not None:
+        from aiortc import RTCRtpSender
+
+        caps = RTCRtpSender.getCapabilities("video").codecs
+        transceiver.setCodecPreferences([c for c in caps if c.mimeType.lower() == f"video/{codec}"])
     loop = asyncio.get_running_loop()
     track_future: asyncio.Future = loop.create_future()
     messages: list = []
@@ -81,3 +87,53 @@ async def track_ended(track, timeout: float) -> bool:
         except asyncio.TimeoutError:
             return False
     return False
+
+
+class EncodedLog:
+    """Records, per receiving decoder thread, every depacketised encoded frame (and optionally
+    skips decoding it, to spare the client's CPU in benchmarks). Install with `install()`."""
+
+    def __init__(self, decode: bool = True) -> None:
+        import threading
+
+        self.decode = decode
+        self.frames: dict[int, list[tuple[float, int, bytes]]] = {}  # thread id → (arrival, rtp ts, data)
+        self._lock = threading.Lock()
+
+    def install(self, monkeypatch=None):
+        import aiortc.rtcrtpreceiver as receiver_module
+
+        original = receiver_module.get_decoder
+        log = self
+
+        class Recording:
+            def __init__(self, codec) -> None:
+                self.inner = original(codec) if log.decode else None
+
+            def decode(self, encoded_frame):
+                import threading
+
+                entry = (time.monotonic(), encoded_frame.timestamp, bytes(encoded_frame.data))
+                with log._lock:
+                    log.frames.setdefault(threading.get_ident(), []).append(entry)
+                return self.inner.decode(encoded_frame) if self.inner else []
+
+        if monkeypatch is not None:
+            monkeypatch.setattr(receiver_module, "get_decoder", Recording)
+        else:
+            receiver_module.get_decoder = Recording
+        return self
+
+    def of(self, viewer: "Viewer") -> list[tuple[float, int, bytes]]:
+        receiver = viewer.pc.getTransceivers()[0].receiver
+        thread = receiver._RTCRtpReceiver__decoder_thread  # aiortc 1.16
+        with self._lock:
+            return list(self.frames.get(thread.ident, []))
+
+
+def is_keyframe(codec: str, data: bytes) -> bool:
+    if codec == "vp8":
+        return len(data) > 0 and (data[0] & 1) == 0  # VP8 frame tag: P bit 0 = key frame
+    # H.264 Annex B from aiortc's depacketiser: an IDR slice (type 5) makes a keyframe
+    nal_types = {data[i + 3] & 0x1F for i in range(len(data) - 4) if data[i:i + 3] == b"\x00\x00\x01"}
+    return 5 in nal_types
