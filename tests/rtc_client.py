@@ -93,10 +93,11 @@ class EncodedLog:
     """Records, per receiving decoder thread, every depacketised encoded frame (and optionally
     skips decoding it, to spare the client's CPU in benchmarks). Install with `install()`."""
 
-    def __init__(self, decode: bool = True) -> None:
+    def __init__(self, decode: bool = True, keep_data: bool = True) -> None:
         import threading
 
         self.decode = decode
+        self.keep_data = keep_data
         self.frames: dict[int, list[tuple[float, int, bytes]]] = {}  # thread id → (arrival, rtp ts, data)
         self._lock = threading.Lock()
 
@@ -113,7 +114,8 @@ class EncodedLog:
             def decode(self, encoded_frame):
                 import threading
 
-                entry = (time.monotonic(), encoded_frame.timestamp, bytes(encoded_frame.data))
+                data = bytes(encoded_frame.data) if log.keep_data else b""
+                entry = (time.monotonic(), encoded_frame.timestamp, data)
                 with log._lock:
                     log.frames.setdefault(threading.get_ident(), []).append(entry)
                 return self.inner.decode(encoded_frame) if self.inner else []
@@ -127,6 +129,8 @@ class EncodedLog:
     def of(self, viewer: "Viewer") -> list[tuple[float, int, bytes]]:
         receiver = viewer.pc.getTransceivers()[0].receiver
         thread = receiver._RTCRtpReceiver__decoder_thread  # aiortc 1.16
+        if thread is None:  # not receiving yet
+            return []
         with self._lock:
             return list(self.frames.get(thread.ident, []))
 
