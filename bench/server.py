@@ -1,4 +1,5 @@
-"""Start `python main.py` in its own process for a benchmark (loopback ICE, no STUN)."""
+"""Start `python main.py` in its own process (loopback ICE, no STUN), for benchmarks and for
+the tests that run the server as a user does."""
 
 from __future__ import annotations
 
@@ -22,14 +23,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(**settings):
-    """Yields (base URL, Popen). Settings are env vars; lists/maps given as JSON strings."""
+def server(log: Path | None = None, **settings):
+    """Yields (base URL, Popen). Settings are env vars; lists/maps given as JSON strings.
+    With `log`, the server's output (banner included) goes to that file."""
     port = free_port()
     env = {**os.environ, "SERVER_HOST": "127.0.0.1", "SERVER_PORT": str(port), "STUN_SERVERS": "[]",
            "ICE_HOST_ADDRESSES": '["127.0.0.1"]', "PYTHONUNBUFFERED": "1",
            **{k: str(v) for k, v in settings.items()}}
-    proc = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -39,9 +41,11 @@ def server(**settings):
                 break
             except httpx.HTTPError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("server did not start")
+                    raise RuntimeError("server did not start" + (f": {log.read_text()}" if log else ""))
                 time.sleep(0.2)
         yield url, proc
     finally:
         proc.terminate()
         proc.wait(30)
+        if log:
+            out.close()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 
 import httpx
@@ -13,7 +10,7 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from conftest import ROOT, free_port, running_server, vg_threads, write_video
+from conftest import running_server, vg_threads, write_video
 from rtc_client import connect, track_ended
 
 
@@ -33,23 +30,11 @@ def frame_rate(frames: list[tuple[float, np.ndarray]], n_received: int) -> float
 @pytest.fixture
 def server_process(tmp_path):
     """`python main.py` as a user runs it, on a free port, loopback ICE, no STUN."""
-    port = free_port()
-    env = {**os.environ, "SERVER_PORT": str(port), "SERVER_HOST": "127.0.0.1", "STUN_SERVERS": "[]",
-           "ICE_HOST_ADDRESSES": '["127.0.0.1"]', "MEDIA_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path / "server.log", "w+")
-    proc = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(url + "/health", timeout=1)
-            break
-        except httpx.HTTPError:
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.2)
-    yield url, tmp_path / "server.log"
-    proc.terminate()
-    proc.wait(30)
+    from bench.server import server
+
+    log = tmp_path / "server.log"
+    with server(log=log, MEDIA_DIR=tmp_path) as (url, _):
+        yield url, log
 
 
 async def test_end_to_end_against_python_main(server_process):
