@@ -151,8 +151,12 @@ class Settings(BaseSettings):
 def _one_line(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         err = exc.errors()[0]
-        name = ".".join(str(p) for p in err["loc"][:1]) or "settings"
-        return redact(f"Invalid setting {name}: {err['msg']} (got {err.get('input')!r})")
+        if not err["loc"]:  # a rule across settings: its message names them
+            return f"Invalid setting: {err['msg'].removeprefix('Value error, ')}"
+        got = err.get("input")
+        # scalars are echoed to help; lists and maps are not (they may hold credentials)
+        shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and len(repr(got)) < 80 else ""
+        return redact(f"Invalid setting {err['loc'][0]}: {err['msg']}{shown}")
     # SettingsError: pydantic-settings could not decode a JSON value.
     return redact(f"Invalid setting: {exc}")
 

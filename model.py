@@ -114,7 +114,6 @@ class AIProcessor:
         self._last_tick = -1
         self._shown_key: tuple = ()
         self._shown_i420: Optional[np.ndarray] = None
-        self._shown: Optional[ProcessedFrame] = None
 
         tag = f"{self.source}-{self.model}"
         self.proc_worker = Worker(f"vg-proc-{tag}", self._process_step)
@@ -262,7 +261,7 @@ class AIProcessor:
         key = (seq, notice)
         if key != self._shown_key:
             self._shown_i420 = self._render(processed, notice)
-            self._shown_key, self._shown = key, processed
+            self._shown_key = key
         pts = tick * VIDEO_CLOCK_RATE // self.fps
         out = OutFrame(
             seq=self.ticks, tick=tick, pts=pts,
@@ -285,11 +284,21 @@ class AIProcessor:
                 elif users <= 0 and codec in self.encoders:
                     del self.encoders[codec]
             encoders = list(self.encoders.values())
-        return {e.codec: e.encode(i420, tick, pts) for e in encoders}
+        encoded = {}
+        for encoder in encoders:
+            try:
+                encoded[encoder.codec] = encoder.encode(i420, tick, pts)
+            except Exception as exc:  # a broken encoder is replaced (from a keyframe) next tick
+                self.clock_worker.last_error = f"{encoder.codec} encoder: {type(exc).__name__}: {exc}"
+                with self._encoders_lock:
+                    if self.encoders.get(encoder.codec) is encoder:
+                        del self.encoders[encoder.codec]
+        return encoded
 
     def _render(self, processed: Optional[ProcessedFrame], notice: str) -> np.ndarray:
         if processed is None:
-            msg = "reconnecting to source..." if notice else "connecting to source..."
+            msg = {"reconnecting": "reconnecting to source...",
+                   "failed": "source unavailable, retrying..."}.get(notice, "connecting to source...")
             bgr = placeholder(self.width, self.height, msg)
         elif notice:
             bgr = draw_status(processed.image, time.strftime("%H:%M:%S"), notice)

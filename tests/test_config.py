@@ -70,3 +70,9 @@ def test_host_addresses_are_offered_as_configured():
     import aioice.ice
 
     assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["127.0.0.1"]
+
+
+def test_a_wrong_setting_never_echoes_credentials():
+    env = {**os.environ, "TURN_SERVERS": '[{"urls": "http://x", "username": "u", "credential": "T0PSECRET"}]'}
+    proc = subprocess.run([sys.executable, "main.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "TURN_SERVERS" in proc.stderr and "T0PSECRET" not in proc.stderr

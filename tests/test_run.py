@@ -1,0 +1,89 @@
+"""Running the service the other documented ways: `uvicorn main:app`, and HTTPS."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+
+from conftest import ROOT, free_port
+
+
+def wait_http(url: str, proc: subprocess.Popen, verify=True) -> httpx.Response:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return httpx.get(url, timeout=2, verify=verify)
+        except httpx.HTTPError as exc:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"{url}: {exc!r}\n{proc.communicate(timeout=10)[0]}") from None
+            time.sleep(0.2)
+
+
+def base_env(port: int) -> dict:
+    return {**os.environ, "SERVER_PORT": str(port), "SERVER_HOST": "127.0.0.1", "STUN_SERVERS": "[]",
+            "DEFAULT_MODEL": "none", "PYTHONUNBUFFERED": "1"}
+
+
+def test_uvicorn_main_app_serves():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=ROOT, env=base_env(port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        r = wait_http(f"http://127.0.0.1:{port}/health", proc)
+        assert r.status_code == 200 and r.json()["status"] == "healthy"
+        assert httpx.get(f"http://127.0.0.1:{port}/api/sources").json()["sources"][0]["name"] == "default"
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "Starting AI Video Streaming Backend" in out
+
+
+def self_signed(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_https_with_ssl_settings(tmp_path):
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    env = {**base_env(port), "SSL_CERTFILE": str(cert), "SSL_KEYFILE": str(key)}
+    proc = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        r = wait_http(f"https://127.0.0.1:{port}/health", proc, verify=str(cert))
+        assert r.status_code == 200
+        assert httpx.get(f"https://127.0.0.1:{port}/demo", verify=str(cert)).status_code == 200
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert f"https://127.0.0.1:{port}/demo" in out
+
+
+def test_ssl_files_must_come_together(tmp_path):
+    env = {**base_env(free_port()), "SSL_CERTFILE": str(tmp_path / "cert.pem")}
+    proc = subprocess.run([sys.executable, "main.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "SSL_KEYFILE" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
