@@ -115,6 +115,9 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
                                      settings.ORT_THREADS)
     app.state.default_model = settings.DEFAULT_MODEL
     app.state.model_notice = ""
+    if settings.DEFAULT_MODEL not in app.state.models:
+        raise InvalidSettings(f"Invalid setting DEFAULT_MODEL: unknown model {settings.DEFAULT_MODEL!r}; "
+                              f"choose one of {app.state.models.names()}")
     for spec in app.state.sources.values():
         if spec.model is not None and spec.model not in app.state.models:
             raise InvalidSettings(f"Invalid setting SOURCES: source {spec.name!r} names unknown model {spec.model!r}")
@@ -160,9 +163,6 @@ async def start_always_on(app: FastAPI) -> None:
 async def load_default_model(app: FastAPI) -> None:
     """Load DEFAULT_MODEL before serving; if it cannot load, fall back to `none` with a notice."""
     name = app.state.settings.DEFAULT_MODEL
-    if name not in app.state.models:
-        raise InvalidSettings(f"Invalid setting DEFAULT_MODEL: unknown model {name!r}; "
-                              f"choose one of {app.state.models.names()}")
     try:
         await asyncio.to_thread(app.state.models.load, name)
     except ModelLoadError as exc:

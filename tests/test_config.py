@@ -48,6 +48,7 @@ def test_empty_stun_means_no_stun():
     ("ICE_HOST_ADDRESSES", '["not-an-ip"]'),
     ("DEFAULT_WIDTH", "641"),
     ("MAX_SESSIONS", "0"),
+    ("DEFAULT_MODEL", "yolo9000"),
 ])
 def test_invalid_value_stops_startup_with_one_line(name, value):
     env = {**os.environ, name: value}
