@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import cv2
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
@@ -28,7 +28,7 @@ from model import EncodeSettings
 from pipelines import PipelineHub
 from rtc import restrict_host_addresses
 from sessions import SessionManager
-from signaling import ErrorResponse, router
+from signaling import router
 from redact import install_log_redaction
 from sources.spec import SourceSpec, default_source, parse_source
 

@@ -1,7 +1,8 @@
-"""Latest-value slot: the only hand-off between the pipeline's threads.
+"""Hand-offs between the pipeline's threads, none of which can grow.
 
-A writer overwrites; a reader asks for anything newer than what it last saw.
-Nothing queues, so a slow reader skips stale values instead of falling behind.
+`LatestSlot`: a writer overwrites; a reader asks for anything newer than what it last saw, so a
+slow reader skips stale values instead of falling behind. `LoopHandoff`: the same idea from a
+worker thread to a callback on the event loop.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import time
 import cv2
 import httpx
 import numpy as np
-import pytest
 
 from conftest import ROOT, free_port, running_server, write_video
 from rtc_client import connect
