@@ -112,7 +112,9 @@ class PipelineHub:
             workers += [c.worker for c in self._captures.values()]
         for w in workers:
             w.ensure_alive()
-        self._watchdog.stop_event.wait(0.5)
+        watchdog = self._watchdog  # None once stop_all has begun
+        if watchdog is not None:
+            watchdog.stop_event.wait(0.5)
 
     # -- stats ----------------------------------------------------------------
     def capture_for(self, source: str) -> Optional[Capture]:

@@ -45,14 +45,22 @@ async function api(path, options) {
   return response.json();
 }
 
+// Build elements with textContent: names and labels come from the server's configuration.
+function fill(parent, tag, items) {
+  parent.replaceChildren(...items.map(([text, value]) => {
+    const el = document.createElement(tag);
+    el.textContent = text;
+    if (value !== undefined) el.value = value;
+    return el;
+  }));
+}
+
 async function loadChoices() {
   try {
     const [sources, models] = await Promise.all([api("/api/sources"), api("/api/models")]);
-    $("source").innerHTML = sources.sources
-      .map((s) => `<option value="${s.name}">${s.name} (${s.kind}, ${s.state})</option>`).join("");
-    $("model").innerHTML = `<option value="">default (${models.default})</option>` + models.models
-      .filter((m) => m.state !== "error")
-      .map((m) => `<option value="${m.name}">${m.name}</option>`).join("");
+    fill($("source"), "option", sources.sources.map((s) => [`${s.name} (${s.kind}, ${s.state})`, s.name]));
+    fill($("model"), "option", [[`default (${models.default})`, ""]].concat(
+      models.models.filter((m) => m.state !== "error").map((m) => [m.name, m.name])));
   } catch (e) {
     showError("Could not load sources and models: " + e.message);
   }
@@ -74,8 +82,7 @@ function showDetections(message) {
   $("frame-id").textContent = message.frame_id;
   $("det-count").textContent = message.detections.length;
   $("inference").textContent = message.inference_ms.toFixed(1);
-  $("detections").innerHTML = message.detections
-    .map((d) => `<li>${d.label} ${d.score.toFixed(2)} [${d.box.join(", ")}]</li>`).join("");
+  fill($("detections"), "li", message.detections.map((d) => [`${d.label} ${d.score.toFixed(2)} [${d.box.join(", ")}]`]));
 }
 
 async function connect() {

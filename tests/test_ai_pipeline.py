@@ -110,7 +110,8 @@ async def test_slow_model_stays_off_the_event_loop_and_video_keeps_its_rate():
         assert statistics.median(latencies) < 0.2, latencies  # a blocked loop would take ~0.5 s
         rate = frame_rate(frames[5:], len(frames) - 5)
         assert 15 < rate < 45, rate  # the output clock, not the model's 2 fps
-        (pipe,) = app.state.hub.stats()["pipelines"]
+        async with httpx.AsyncClient(base_url=url) as http:  # detection fps and skips, as reported
+            (pipe,) = (await http.get("/info")).json()["pipelines"]["pipelines"]
         assert pipe["frames_skipped"] > 20 and pipe["process_fps"] < 5  # newest frame wins
         check_messages(viewer.messages, "slow")
         assert 3 <= len(viewer.messages) <= 15  # about one per inference, not per video frame
