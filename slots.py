@@ -54,12 +54,9 @@ class LoopHandoff(Generic[T]):
         self._lock = threading.Lock()
         self._value: Optional[T] = None
         self._scheduled = False
-        self.replaced = 0  # values the loop never saw (it was busy)
 
     def put(self, value: T) -> None:
         with self._lock:
-            if self._scheduled:
-                self.replaced += 1
             self._value = value
             if self._scheduled:
                 return
