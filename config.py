@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from redact import redact
+from core.redact import redact
 
 APP_NAME = "AI Video Streaming Backend"
 APP_VERSION = "1.0.0"

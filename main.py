@@ -13,24 +13,26 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import cv2
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from catalog import router as catalog_router
+from api.catalog import router as catalog_router
+from api.deps import Services, ServicesDep
+from api.errors import install_error_handlers
+from api.middleware import BodySizeLimit
+from compat.aiortc import self_check
 from config import APP_NAME, APP_VERSION, InvalidSettings, Settings, get_settings, load_settings
+from core.redact import install_log_redaction
 from detectors import ModelLoadError, ModelRegistry
-from model import EncodeSettings
-from pipelines import PipelineHub
-from rtc import restrict_host_addresses
-from sessions import SessionManager
+from hub import PipelineHub
+from pipeline.encoders import EncodeSettings
 from signaling import router
-from redact import install_log_redaction
 from sources.spec import SourceSpec, default_source, parse_source
+from webrtc.ice import restrict_host_addresses
+from webrtc.sessions import SessionManager
 
 log = logging.getLogger("visionguard")
 
@@ -88,56 +90,64 @@ class InfoResponse(BaseModel):
 
 # -- app ---------------------------------------------------------------------------
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
+    """Build the app (`uvicorn main:create_app --factory`). Nothing starts until its lifespan."""
+    self_check()  # aiortc's internals we rely on are there, or start-up stops with one line
     settings = settings or get_settings()
+    cv2.setNumThreads(settings.CV2_THREADS)  # OpenCV's own pool would fight the pipeline threads
+    services = build_services(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         _logging(settings)
-        restrict_host_addresses(settings.ICE_HOST_ADDRESSES)
-        await load_default_model(app)
-        app.state.sessions.start()
-        await start_always_on(app)
-        print_banner(settings, app.state.sources["default"])
+        try:
+            restrict_host_addresses(settings.ICE_HOST_ADDRESSES)
+        except ValueError as exc:
+            raise InvalidSettings(f"Invalid setting ICE_HOST_ADDRESSES: {exc}") from None
+        await load_default_model(services)
+        services.sessions.start()
+        await start_always_on(services)
+        print_banner(settings, services.sources["default"])
         yield
-        await app.state.sessions.close_all()
-        await asyncio.to_thread(app.state.hub.stop_all)
+        await services.sessions.close_all()
+        await asyncio.to_thread(services.hub.stop_all)
         log.info("shut down: every session closed, every pipeline stopped")
 
     app = FastAPI(
         title=APP_NAME, version=APP_VERSION, lifespan=lifespan,
         description="Real-time AI video processing, streamed to browsers over WebRTC. "
-                    "Post an SDP offer to `/api/offer`; the answer carries a `session_id`.",
+                    "Post an SDP offer to `/api/offer`; the answer carries a `session_id`. "
+                    'Every error is JSON `{"detail": "<sentence>", "code": "<snake_case>"}`.',
     )
-    app.state.settings = settings
-    app.state.sources = configured_sources(settings)
-    cv2.setNumThreads(settings.CV2_THREADS)  # OpenCV's own pool would fight the pipeline threads
-    app.state.models = ModelRegistry(settings.DETECTION_THRESHOLD, settings.MODEL_PATH, settings.MODEL_LABELS,
-                                     settings.ORT_THREADS)
-    app.state.default_model = settings.DEFAULT_MODEL
-    app.state.model_notice = ""
-    if settings.DEFAULT_MODEL not in app.state.models:
-        raise InvalidSettings(f"Invalid setting DEFAULT_MODEL: unknown model {settings.DEFAULT_MODEL!r}; "
-                              f"choose one of {app.state.models.names()}")
-    for spec in app.state.sources.values():
-        if spec.model is not None and spec.model not in app.state.models:
-            raise InvalidSettings(f"Invalid setting SOURCES: source {spec.name!r} names unknown model {spec.model!r}")
-    app.state.hub = PipelineHub(settings.DEFAULT_WIDTH, settings.DEFAULT_HEIGHT, settings.TARGET_FPS,
-                                settings.RTSP_OPEN_TIMEOUT_S, settings.RTSP_STALL_TIMEOUT_S,
-                                settings.RTSP_RECONNECT_MAX_S,
-                                EncodeSettings(settings.VIDEO_BITRATE, settings.KEYFRAME_INTERVAL))
-    app.state.sessions = SessionManager(settings.MAX_SESSIONS, settings.CONNECT_TIMEOUT,
-                                        settings.PEER_INACTIVITY_TIMEOUT)
-
+    app.state.services = services
     app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES)
     app.add_middleware(
         CORSMiddleware, allow_origins=settings.CORS_ORIGINS, allow_methods=["*"], allow_headers=["*"],
         allow_credentials="*" not in settings.CORS_ORIGINS)
-    _add_error_handlers(app)
+    install_error_handlers(app)
     app.include_router(router)
     app.include_router(catalog_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_root_routes(app)
     return app
+
+
+def build_services(settings: Settings) -> Services:
+    """Everything the routes share, checked against the settings (InvalidSettings if wrong)."""
+    sources = configured_sources(settings)
+    models = ModelRegistry(settings.DETECTION_THRESHOLD, settings.MODEL_PATH, settings.MODEL_LABELS,
+                           settings.ORT_THREADS)
+    if settings.DEFAULT_MODEL not in models:
+        raise InvalidSettings(f"Invalid setting DEFAULT_MODEL: unknown model {settings.DEFAULT_MODEL!r}; "
+                              f"choose one of {models.names()}")
+    for spec in sources.values():
+        if spec.model is not None and spec.model not in models:
+            raise InvalidSettings(f"Invalid setting SOURCES: source {spec.name!r} names unknown model {spec.model!r}")
+    hub = PipelineHub(settings.DEFAULT_WIDTH, settings.DEFAULT_HEIGHT, settings.TARGET_FPS,
+                      settings.RTSP_OPEN_TIMEOUT_S, settings.RTSP_STALL_TIMEOUT_S, settings.RTSP_RECONNECT_MAX_S,
+                      EncodeSettings(settings.VIDEO_BITRATE, settings.KEYFRAME_INTERVAL))
+    sessions = SessionManager(settings.MAX_SESSIONS, settings.CONNECT_TIMEOUT, settings.PEER_INACTIVITY_TIMEOUT)
+    return Services(settings=settings, sources=sources, models=models, hub=hub, sessions=sessions,
+                    default_model=settings.DEFAULT_MODEL)
 
 
 def configured_sources(settings: Settings) -> dict[str, SourceSpec]:
@@ -151,51 +161,24 @@ def configured_sources(settings: Settings) -> dict[str, SourceSpec]:
     return sources
 
 
-async def start_always_on(app: FastAPI) -> None:
+async def start_always_on(services: Services) -> None:
     """Sources with `always_on` run from start-up, with or without viewers."""
-    for spec in app.state.sources.values():
+    for spec in services.sources.values():
         if spec.always_on:
-            entry, notice = await asyncio.to_thread(app.state.models.load_or_fallback,
-                                                    spec.model or app.state.settings.DEFAULT_MODEL)
-            app.state.hub.hold(spec, entry, notice)
+            entry, notice = await asyncio.to_thread(services.models.load_or_fallback,
+                                                    spec.model or services.settings.DEFAULT_MODEL)
+            services.hub.hold(spec, entry, notice)
 
 
-async def load_default_model(app: FastAPI) -> None:
+async def load_default_model(services: Services) -> None:
     """Load DEFAULT_MODEL before serving; if it cannot load, fall back to `none` with a notice."""
-    name = app.state.settings.DEFAULT_MODEL
+    name = services.settings.DEFAULT_MODEL
     try:
-        await asyncio.to_thread(app.state.models.load, name)
+        await asyncio.to_thread(services.models.load, name)
     except ModelLoadError as exc:
         log.error("%s; falling back to model 'none'", exc)
-        app.state.default_model = "none"
-        app.state.model_notice = f"model {name} unavailable"
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's list of schema errors; bodies that are not JSON land here too.
-        return JSONResponse({"detail": _jsonable_errors(exc.errors())}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "Internal server error; see the server log."}, status_code=500)
-
-
-def _jsonable_errors(errors) -> list:
-    out = []
-    for e in errors:
-        e = dict(e)
-        e.pop("ctx", None)  # may hold exception objects
-        if isinstance(e.get("input"), (bytes, bytearray)):
-            e["input"] = e["input"][:200].decode("utf-8", "replace")
-        out.append(e)
-    return out
+        services.default_model = "none"
+        services.model_notice = f"model {name} unavailable"
 
 
 def _add_root_routes(app: FastAPI) -> None:
@@ -215,31 +198,29 @@ def _add_root_routes(app: FastAPI) -> None:
         return FileResponse(STATIC_DIR / "demo.html", headers={"Cache-Control": "no-cache"})
 
     @app.get("/health", response_model=HealthResponse, tags=["service"], summary="Health check")
-    async def health(request: Request) -> HealthResponse:
-        s: Settings = request.app.state.settings
-        spec = request.app.state.sources["default"]
+    async def health(services: ServicesDep) -> HealthResponse:
+        s = services.settings
+        spec = services.sources["default"]
         problems = []
         if s.VIDEO_FILE_PATH and s.VIDEO_FILE_PATH != "synthetic" and spec.kind == "synthetic":
             problems.append(f"VIDEO_FILE_PATH {s.VIDEO_FILE_PATH!r} was not found; "
                             "streaming the synthetic source instead.")
-        if request.app.state.model_notice:
-            entry = request.app.state.models.entries[s.DEFAULT_MODEL]
+        if services.model_notice:
+            entry = services.models.entries[s.DEFAULT_MODEL]
             problems.append(f"DEFAULT_MODEL {s.DEFAULT_MODEL!r} failed to load ({entry.error}); "
                             "sources use 'none'.")
-        for cap in request.app.state.hub.stats()["captures"]:
+        for cap in services.hub.stats()["captures"]:
             if cap["state"] in ("reconnecting", "failed"):
                 problems.append(f"Source {cap['source']} is {cap['state']}: {cap['last_error']}")
         return HealthResponse(
             status="degraded" if problems else "healthy", service=APP_NAME, version=APP_VERSION,
-            video_available=_video_available(request.app.state.hub, spec), source=_source_status(spec),
-            problems=problems,
-            active_sessions=len(request.app.state.sessions.sessions))
+            video_available=_video_available(services.hub, spec), source=_source_status(spec),
+            problems=problems, active_sessions=len(services.sessions.sessions))
 
     @app.get("/info", response_model=InfoResponse, tags=["service"], summary="Service configuration and counters")
-    async def info(request: Request) -> InfoResponse:
-        s: Settings = request.app.state.settings
-        spec = request.app.state.sources["default"]
-        sessions: SessionManager = request.app.state.sessions
+    async def info(services: ServicesDep) -> InfoResponse:
+        s, sessions = services.settings, services.sessions
+        spec = services.sources["default"]
         return InfoResponse(
             application={"name": APP_NAME, "version": APP_VERSION},
             video={"path": s.VIDEO_FILE_PATH, "exists": spec.kind == "file", "source": spec.kind,
@@ -249,7 +230,7 @@ def _add_root_routes(app: FastAPI) -> None:
                     "ice_host_addresses": s.ICE_HOST_ADDRESSES},
             sessions={"active": len(sessions.sessions), "peer_connections": len(sessions.peer_connections),
                       "max": s.MAX_SESSIONS, "closed": sessions.closed_reasons},
-            pipelines=request.app.state.hub.stats())
+            pipelines=services.hub.stats())
 
 
 def _source_status(spec) -> SourceStatus:
@@ -261,44 +242,6 @@ def _video_available(hub: PipelineHub, spec) -> bool:
     """False only while the default source is known to be down."""
     capture = hub.capture_for(spec.name)
     return capture is None or capture.state not in ("failed", "reconnecting")
-
-
-class BodySizeLimit:
-    """Refuse request bodies over `max_bytes` with 413, by header or by counting the stream."""
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._too_large(send)
-        seen = 0
-        refused = False
-
-        async def limited_receive():
-            nonlocal seen, refused
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes and not refused:
-                    refused = True
-                    await self._too_large(send)
-                    return {"type": "http.disconnect"}  # the app stops reading
-            return message
-
-        async def guarded_send(message):
-            if not refused:  # after our 413 the app's own reply goes nowhere
-                await send(message)
-
-        await self.app(scope, limited_receive, guarded_send)
-
-    async def _too_large(self, send) -> None:
-        response = JSONResponse({"detail": f"Request body is larger than {self.max_bytes} bytes."}, status_code=413)
-        await response({"type": "http"}, None, send)
 
 
 def print_banner(settings: Settings, spec) -> None:
@@ -329,7 +272,13 @@ def _logging(settings: Settings) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-app = create_app()
+def __getattr__(name: str):
+    """`uvicorn main:app` (the seed's way) builds the app on first access (PEP 562), so that
+    importing this module has no side effects."""
+    if name == "app":
+        app = globals()["app"] = create_app()
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
@@ -337,7 +286,7 @@ def main() -> None:
 
     settings = load_settings()
     uvicorn.run(
-        app, host=settings.SERVER_HOST, port=settings.SERVER_PORT,
+        create_app(settings), host=settings.SERVER_HOST, port=settings.SERVER_PORT,
         log_level="debug" if settings.DEBUG_MODE else "info",
         ssl_certfile=str(settings.SSL_CERTFILE) if settings.SSL_CERTFILE else None,
         ssl_keyfile=str(settings.SSL_KEYFILE) if settings.SSL_KEYFILE else None)

@@ -25,7 +25,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from bench.server import server  # noqa: E402
 from marked_frames import MarkedCamera, read_mark  # noqa: E402
-from rtc import restrict_host_addresses  # noqa: E402
+from webrtc.ice import restrict_host_addresses  # noqa: E402
 from rtc_client import connect  # noqa: E402
 
 

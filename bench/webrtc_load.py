@@ -57,7 +57,7 @@ def client_worker(url: str, n: int, codec: str, decode: bool, ready: mp.Queue, s
 
 
 async def _client(url, n, codec, decode, ready, stop, out):
-    from rtc import restrict_host_addresses
+    from webrtc.ice import restrict_host_addresses
     from rtc_client import EncodedLog, connect
 
     restrict_host_addresses(["127.0.0.1"])
@@ -177,7 +177,7 @@ def heavy_detector(path: Path) -> Path:
 
 def camera_run(settings: dict, model: str, seconds: float) -> dict:
     from bench.camera_latency import measure
-    from rtc import restrict_host_addresses
+    from webrtc.ice import restrict_host_addresses
 
     restrict_host_addresses(["127.0.0.1"])
     with server(**settings) as (url, _):

@@ -10,7 +10,7 @@ from typing import Optional
 import av
 import numpy as np
 
-from redact import redact
+from core.redact import redact
 from sources.base import SourceError
 
 

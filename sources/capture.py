@@ -20,12 +20,12 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
-from meters import RateMeter
-from redact import redact
-from slots import LatestSlot
+from core.meters import RateMeter
+from core.redact import redact
+from core.slots import LatestSlot
+from core.workers import Worker
 from sources.base import FrameSource, SourceError
 from sources.spec import SourceSpec
-from workers import Worker
 
 log = logging.getLogger("visionguard.capture")
 

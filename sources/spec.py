@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from redact import redact
+from core.redact import redact
 from sources.base import FrameSource
 from sources.synthetic import SyntheticSource
 

@@ -13,7 +13,8 @@ from typing import Optional
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from slots import LatestSlot
+from compat.aiortc import receive_queue
+from core.slots import LatestSlot
 from sources.base import SourceError
 
 
@@ -39,8 +40,8 @@ class TrackSource:
         try:
             while True:
                 frame = await self.track.recv()
-                queue: asyncio.Queue = getattr(self.track, "_queue", None)  # aiortc 1.16 RemoteStreamTrack
-                while queue is not None and not queue.empty():
+                queue = receive_queue(self.track)
+                while not queue.empty():
                     newer = queue.get_nowait()
                     if newer is None:  # end of track
                         raise MediaStreamError

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from config import load_settings  # noqa: E402
-from rtc import restrict_host_addresses  # noqa: E402
+from webrtc.ice import restrict_host_addresses  # noqa: E402
 
 # The test process is the WebRTC client: offer loopback only (aioice skips 127.0.0.1).
 restrict_host_addresses(["127.0.0.1"])
@@ -48,7 +48,7 @@ async def running_server(port: int = 0, **overrides):
             task.result()
         await asyncio.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}", app
+        yield f"http://127.0.0.1:{port}", app.state.services
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 30)

@@ -32,7 +32,7 @@ def check_messages(messages, model: str, width=640, height=480) -> None:
 
 
 async def test_person_detections_arrive_on_the_datachannel(vtest):
-    async with running_server(MEDIA_DIR=vtest.parent) as (url, app):
+    async with running_server(MEDIA_DIR=vtest.parent) as (url, svc):
         viewer = await connect(url, detections=True, video_path="vtest.avi", model="person")
         frames = await viewer.receive(90, keep_every=30)
         assert frames[-1][1].shape == (480, 640, 3)
@@ -41,7 +41,7 @@ async def test_person_detections_arrive_on_the_datachannel(vtest):
         with_people = [m for _, m in viewer.messages if m["detections"]]
         assert len(with_people) >= 0.8 * len(viewer.messages)
         assert {d["label"] for m in with_people for d in m["detections"]} == {"person"}
-        session = app.state.sessions.get(viewer.session_id)
+        session = svc.sessions.get(viewer.session_id)
         assert session.messages_sent >= len(viewer.messages) - 2
         async with httpx.AsyncClient(base_url=url) as http:
             models = {m["name"]: m for m in (await http.get("/api/models")).json()["models"]}
@@ -50,7 +50,7 @@ async def test_person_detections_arrive_on_the_datachannel(vtest):
 
 
 async def test_messages_are_sent_also_when_nothing_is_found():
-    async with running_server() as (url, app):
+    async with running_server() as (url, svc):
         viewer = await connect(url, detections=True, model="person")  # synthetic source: nobody
         await viewer.receive(60, keep_every=30)
         assert await wait_until(lambda: len(viewer.messages) >= 20, 20)
@@ -60,12 +60,12 @@ async def test_messages_are_sent_also_when_nothing_is_found():
 
 
 async def test_a_backed_up_channel_skips_messages_instead_of_queueing():
-    from sessions import CHANNEL_BUFFER_LIMIT
+    from webrtc.sessions import CHANNEL_BUFFER_LIMIT
 
-    async with running_server() as (url, app):
+    async with running_server() as (url, svc):
         viewer = await connect(url, detections=True)
         await viewer.receive(10)
-        session = app.state.sessions.get(viewer.session_id)
+        session = svc.sessions.get(viewer.session_id)
         assert await wait_until(lambda: session.channel is not None and session.channel.readyState == "open", 10)
         assert await wait_until(lambda: session.messages_sent > 5, 10)
         # A client that cannot keep up: the channel's send buffer fills far past the limit.
@@ -94,8 +94,8 @@ class Slow:
 
 
 async def test_slow_model_stays_off_the_event_loop_and_video_keeps_its_rate():
-    async with running_server() as (url, app):
-        app.state.models.register("slow", "test", Slow)
+    async with running_server() as (url, svc):
+        svc.models.register("slow", "test", Slow)
         viewer = await connect(url, detections=True, model="slow")
         receiving = asyncio.create_task(viewer.receive(120, keep_every=1))
         await asyncio.sleep(1.0)
@@ -119,7 +119,7 @@ async def test_slow_model_stays_off_the_event_loop_and_video_keeps_its_rate():
 
 
 async def test_model_load_failure_gives_409_and_leaves_nothing(tmp_path):
-    async with running_server() as (url, app):
+    async with running_server() as (url, svc):
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             from test_api import client_offer_sdp
 
@@ -130,22 +130,22 @@ async def test_model_load_failure_gives_409_and_leaves_nothing(tmp_path):
             yolo = {m["name"]: m for m in models["models"]}["yolo"]
             assert yolo["state"] == "error" and "MODEL_PATH" in yolo["error"]
             assert (await http.get("/health")).json()["status"] == "healthy"  # not the default model
-        assert len(app.state.sessions.peer_connections) == 0 and app.state.hub.stats()["pipelines"] == []
+        assert len(svc.sessions.peer_connections) == 0 and svc.hub.stats()["pipelines"] == []
 
 
 async def test_broken_default_model_falls_back_to_none_with_notice(tmp_path):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"garbage")
-    async with running_server(DEFAULT_MODEL="yolo", MODEL_PATH=bad) as (url, app):
+    async with running_server(DEFAULT_MODEL="yolo", MODEL_PATH=bad) as (url, svc):
         async with httpx.AsyncClient(base_url=url) as http:
             health = (await http.get("/health")).json()
             assert health["status"] == "degraded" and "DEFAULT_MODEL 'yolo'" in health["problems"][0]
             assert (await http.get("/api/models")).json()["default"] == "none"
         viewer = await connect(url)
         await viewer.receive(30, keep_every=30)
-        (pipe,) = app.state.hub.stats()["pipelines"]
+        (pipe,) = svc.hub.stats()["pipelines"]
         assert pipe["model"] == "none" and pipe["notice"] == "model yolo unavailable"
-        assert app.state.sessions.get(viewer.session_id).model == "none"
+        assert svc.sessions.get(viewer.session_id).model == "none"
         await viewer.close()
 
 
@@ -153,7 +153,7 @@ async def test_users_yolo_model_end_to_end(tmp_path):
     model = yolo_onnx(tmp_path / "mine.onnx", yolo_output())
     labels = tmp_path / "labels.json"
     labels.write_text('["helmet", "vest", "forklift"]')
-    async with running_server(MODEL_PATH=model, MODEL_LABELS=labels) as (url, app):
+    async with running_server(MODEL_PATH=model, MODEL_LABELS=labels) as (url, svc):
         viewer = await connect(url, detections=True, model="yolo")
         await viewer.receive(45, keep_every=45)
         assert await wait_until(lambda: len(viewer.messages) >= 10, 20)
@@ -168,7 +168,7 @@ async def test_users_yolo_model_end_to_end(tmp_path):
 
 
 async def test_edges_model_changes_the_video():
-    async with running_server() as (url, app):
+    async with running_server() as (url, svc):
         plain = await connect(url, model="none")
         edges = await connect(url, model="edges")
         (_, a), = await plain.receive(30, keep_every=30)
@@ -176,7 +176,7 @@ async def test_edges_model_changes_the_video():
         body = slice(0, 400)  # above the status band
         assert np.mean(b[body] < 60) > 0.5  # mostly black with thin lines
         assert np.mean(a[body] < 60) < 0.2
-        stats = app.state.hub.stats()
+        stats = svc.hub.stats()
         assert len(stats["captures"]) == 1 and len(stats["pipelines"]) == 2  # one capture, two models
         await plain.close()
         await edges.close()

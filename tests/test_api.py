@@ -24,17 +24,17 @@ async def client_offer_sdp(direction: str = "recvonly", audio: bool = False, dat
     return sdp
 
 
-def counts(app) -> tuple:
-    stats = app.state.hub.stats()
-    return (len(app.state.sessions.sessions), len(app.state.sessions.peer_connections),
+def counts(svc) -> tuple:
+    stats = svc.hub.stats()
+    return (len(svc.sessions.sessions), len(svc.sessions.peer_connections),
             len(stats["pipelines"]), len(stats["captures"]))
 
 
 @pytest.fixture
 async def api(media_dir):
-    async with running_server(MEDIA_DIR=media_dir, MAX_SESSIONS=3) as (url, app):
+    async with running_server(MEDIA_DIR=media_dir, MAX_SESSIONS=3) as (url, svc):
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            yield http, app
+            yield http, svc
 
 
 async def test_root_health_info(api):
@@ -126,7 +126,7 @@ GOOD = "GOOD"  # placeholder replaced by a real client offer
     ({"sdp": GOOD, "type": "offer", "model": "none", "source": "nope"}, 404, "nope"),
 ])
 async def test_bad_offers_are_refused_and_leave_nothing(api, media_dir, tmp_path, body, status, fragment):
-    http, app = api
+    http, svc = api
     (media_dir / "sub").mkdir()
     (media_dir / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
     outside = tmp_path / "outside.mp4"
@@ -134,25 +134,25 @@ async def test_bad_offers_are_refused_and_leave_nothing(api, media_dir, tmp_path
     (media_dir / "escape.mp4").symlink_to(outside)
     if body["sdp"] == GOOD:
         body = {**body, "sdp": await client_offer_sdp()}
-    before = counts(app)
+    before = counts(svc)
     r = await http.post("/api/offer", json=body)
     assert r.status_code == status, r.text
     detail = r.json()["detail"]
     assert isinstance(detail, str) and fragment.lower() in detail.lower()
-    assert counts(app) == before == (0, 0, 0, 0)
+    assert counts(svc) == before == (0, 0, 0, 0)
 
 
 async def test_schema_errors_are_422_with_json_detail(api):
-    http, app = api
+    http, svc = api
     for kwargs in ({"content": b"not json", "headers": {"content-type": "application/json"}},
                    {"json": {"type": "offer"}}, {"json": {"sdp": "v=0"}}, {"json": ["x"]}):
         r = await http.post("/api/offer", **kwargs)
         assert r.status_code == 422 and "detail" in r.json()
-    assert counts(app) == (0, 0, 0, 0)
+    assert counts(svc) == (0, 0, 0, 0)
 
 
 async def test_body_size_capped_413(api):
-    http, app = api
+    http, svc = api
     big = {"sdp": "v=0" + "x" * 70000, "type": "offer"}
     r = await http.post("/api/offer", json=big)
     assert r.status_code == 413 and "bytes" in r.json()["detail"]
@@ -162,15 +162,15 @@ async def test_body_size_capped_413(api):
             yield b"x" * 8192
     r = await http.post("/api/offer", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
-    assert counts(app) == (0, 0, 0, 0)
+    assert counts(svc) == (0, 0, 0, 0)
 
 
 async def test_camera_mode_offer_takes_no_source(api):
-    http, app = api
+    http, svc = api
     for extra in ({"source": "default"}, {"video_path": "clip.mp4"}):
         r = await http.post("/api/offer", json={"sdp": await client_offer_sdp("sendrecv"), "type": "offer", **extra})
         assert r.status_code == 400 and "camera" in r.json()["detail"].lower()
-    assert counts(app) == (0, 0, 0, 0)
+    assert counts(svc) == (0, 0, 0, 0)
 
 
 async def test_unknown_session_404(api):
@@ -178,11 +178,11 @@ async def test_unknown_session_404(api):
     for r in (await http.get("/api/session/nope"), await http.delete("/api/session/nope")):
         assert r.status_code == 404 and "nope" in r.json()["detail"]
     r = await http.get("/no/such/route")
-    assert r.status_code == 404 and r.json() == {"detail": "Not Found"}
+    assert r.status_code == 404 and r.json() == {"detail": "Not Found", "code": "not_found"}
 
 
 async def test_full_server_503_with_retry_after(api):
-    http, app = api
+    http, svc = api
     ids = []
     for _ in range(3):  # MAX_SESSIONS=3 in this fixture
         r = await http.post("/api/offer", json={"sdp": await client_offer_sdp(audio=True), "type": "offer"})
@@ -190,10 +190,10 @@ async def test_full_server_503_with_retry_after(api):
         assert r.json()["type"] == "answer" and "m=audio" in r.json()["sdp"]
         assert "a=inactive" in r.json()["sdp"].split("m=audio")[1].split("m=")[0]
         ids.append(r.json()["session_id"])
-    before = counts(app)
+    before = counts(svc)
     r = await http.post("/api/offer", json={"sdp": await client_offer_sdp(), "type": "offer"})
     assert r.status_code == 503 and r.headers["retry-after"].isdigit() and r.json()["detail"]
-    assert counts(app) == before
+    assert counts(svc) == before
     info = (await http.get(f"/api/session/{ids[0]}")).json()
     assert info["source"] == "default" and info["model"] == "none" and info["mode"] == "view"
     assert set(info) >= {"connection_state", "ice_connection_state", "ice_gathering_state", "signaling_state",
@@ -212,7 +212,7 @@ async def test_cors_preflight(api):
 
 async def test_mutated_real_offers_never_500_and_leave_nothing(api):
     """Drop or garble each line of a real browser-like offer: 200 or 400, never 5xx."""
-    http, app = api
+    http, svc = api
     lines = (await client_offer_sdp(audio=True, datachannel=True)).split("\r\n")
     seen = set()
     for i, line in enumerate(lines):
@@ -224,4 +224,4 @@ async def test_mutated_real_offers_never_500_and_leave_nothing(api):
             if r.status_code == 200:
                 assert (await http.delete(f"/api/session/{r.json()['session_id']}")).status_code == 200
     assert seen == {200, 400}
-    assert counts(app)[:2] == (0, 0)
+    assert counts(svc)[:2] == (0, 0)

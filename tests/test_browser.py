@@ -65,7 +65,7 @@ def not_blank(png: bytes, box=None) -> float:
 
 
 async def test_demo_page_plays_with_detections_and_stats(browser, vtest):
-    async with running_server(MEDIA_DIR=vtest.parent, VIDEO_FILE_PATH="vtest.avi", DEFAULT_MODEL="person") as (url, app):
+    async with running_server(MEDIA_DIR=vtest.parent, VIDEO_FILE_PATH="vtest.avi", DEFAULT_MODEL="person") as (url, svc):
         async with httpx.AsyncClient(base_url=url) as http:
             assert (await http.get("/")).json()["endpoints"]["demo"] == "/demo"
         page = await browser.new_page()
@@ -90,21 +90,21 @@ async def test_demo_page_plays_with_detections_and_stats(browser, vtest):
         shot = await page.screenshot(path=str(ARTIFACTS / "demo-view.png"))
         video_shot = await page.locator("#video").screenshot(path=str(ARTIFACTS / "demo-video.png"))
         assert not_blank(shot) > 10 and not_blank(video_shot) > 20
-        (session,) = app.state.sessions.sessions.values()
+        (session,) = svc.sessions.sessions.values()
         await page.click("#disconnect")
-        assert await wait_gone(app, session.id)
+        assert await wait_gone(svc, session.id)
 
 
-async def wait_gone(app, session_id: str, timeout: float = 10) -> bool:
+async def wait_gone(svc, session_id: str, timeout: float = 10) -> bool:
     for _ in range(int(timeout * 10)):
-        if session_id not in app.state.sessions.sessions:
+        if session_id not in svc.sessions.sessions:
             return True
         await asyncio.sleep(0.1)
     return False
 
 
 async def test_demo_camera_mode_round_trips_the_fake_camera(browser):
-    async with running_server(DEFAULT_MODEL="person") as (url, app):
+    async with running_server(DEFAULT_MODEL="person") as (url, svc):
         page = await browser.new_page()
         await page.goto(url + "/demo")
         await page.select_option("#mode", "camera")
@@ -112,7 +112,7 @@ async def test_demo_camera_mode_round_trips_the_fake_camera(browser):
         await page.wait_for_function("document.getElementById('video').videoWidth === 640", timeout=30000)
         rate = await playing_rate(page)
         assert rate > 10, rate  # the fake camera's own rate, processed and sent back
-        (session,) = app.state.sessions.sessions.values()
+        (session,) = svc.sessions.sessions.values()
         assert session.mode == "camera" and session.camera.received > 30
         await page.wait_for_function("window.vg.messages > 5", timeout=15000)
         ARTIFACTS.mkdir(exist_ok=True)
@@ -120,7 +120,7 @@ async def test_demo_camera_mode_round_trips_the_fake_camera(browser):
 
 
 async def test_demo_shows_api_errors_to_the_person(browser):
-    async with running_server(MAX_SESSIONS=1) as (url, app):
+    async with running_server(MAX_SESSIONS=1) as (url, svc):
         one = await browser.new_page()
         await one.goto(url + "/demo")
         await one.click("#connect")
@@ -136,18 +136,18 @@ async def test_demo_shows_api_errors_to_the_person(browser):
 async def test_demo_reconnects_by_itself_after_a_server_restart(browser):
     port = free_port()
     page = await browser.new_page()
-    async with running_server(port=port) as (url, app):
+    async with running_server(port=port) as (url, svc):
         await page.goto(url + "/demo")
         await page.click("#connect")
         await page.wait_for_function("window.vg.status === 'connected'", timeout=30000)
     # the server is gone: the page notices and says so
     await page.wait_for_function("window.vg.status === 'reconnecting'", timeout=30000)
     assert "reconnecting" in (await page.text_content("#error")).lower()
-    async with running_server(port=port) as (url, app):
+    async with running_server(port=port) as (url, svc):
         await page.wait_for_function("window.vg.status === 'connected'", timeout=60000)
         assert await page.evaluate("window.vg.reconnects") >= 1
         assert await playing_rate(page, 3) > 10
-        assert len(app.state.sessions.sessions) == 1
+        assert len(svc.sessions.sessions) == 1
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ async def test_react_example_on_another_origin_plays(browser, react_dist):
     static = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=static.serve_forever, name="static-server", daemon=True).start()
     try:
-        async with running_server() as (url, app):
+        async with running_server() as (url, svc):
             page = await browser.new_page()
             page_url = f"http://127.0.0.1:{static.server_port}/index.html?backend={url}"
             await page.goto(page_url)
@@ -176,14 +176,14 @@ async def test_react_example_on_another_origin_plays(browser, react_dist):
             await page.wait_for_function("document.querySelector('[data-testid=frame]').textContent !== 'frame: -'",
                                          timeout=15000)
             assert await page.text_content("[data-testid=status]") == "connected"
-            assert len(app.state.sessions.sessions) == 1
+            assert len(svc.sessions.sessions) == 1
             ARTIFACTS.mkdir(exist_ok=True)
             assert not_blank(await page.locator("video").screenshot(path=str(ARTIFACTS / "react.png"))) > 10
             await page.click("text=Disconnect")
             for _ in range(100):  # DELETE /api/session/{id} ends it at once
-                if not app.state.sessions.sessions:
+                if not svc.sessions.sessions:
                     break
                 await asyncio.sleep(0.1)
-            assert app.state.sessions.sessions == {}
+            assert svc.sessions.sessions == {}
     finally:
         static.shutdown()

@@ -28,25 +28,25 @@ async def round_trips(viewer, camera: MarkedCamera, n: int) -> list[tuple[float,
 
 
 async def test_camera_round_trip_through_the_model():
-    async with running_server() as (url, app):
+    async with running_server() as (url, svc):
         camera = MarkedCamera()
         viewer = await connect(url, send_track=camera, detections=True, model="person")
         samples = await round_trips(viewer, camera, 150)
         assert len(samples) >= 40, len(samples)  # the marks survive the round trip
         latencies = sorted(s for _, s in samples)
         assert latencies[len(latencies) // 2] < 2.0  # sanity only; the figure is in doc/PERFORMANCE.md
-        info = app.state.sessions.get(viewer.session_id)
+        info = svc.sessions.get(viewer.session_id)
         assert info.mode == "camera" and info.source.startswith("camera-") and info.model == "person"
         assert await wait_until(lambda: len(viewer.messages) >= 10, 10)
         assert all(m["model"] == "person" for _, m in viewer.messages)
         assert info.camera.received > 30
         await viewer.close()
-        assert await wait_until(lambda: app.state.hub.stats()["captures"] == [], 10)
+        assert await wait_until(lambda: svc.hub.stats()["captures"] == [], 10)
 
 
 async def test_camera_latency_stays_flat_when_the_model_is_slower_than_the_camera():
-    async with running_server() as (url, app):
-        app.state.models.register("slow", "test", Slow)  # 0.5 s per frame against a 30 fps camera
+    async with running_server() as (url, svc):
+        svc.models.register("slow", "test", Slow)  # 0.5 s per frame against a 30 fps camera
         camera = MarkedCamera()
         viewer = await connect(url, send_track=camera, model="slow")
         samples = await round_trips(viewer, camera, 240)  # about 8 s
@@ -56,19 +56,19 @@ async def test_camera_latency_stays_flat_when_the_model_is_slower_than_the_camer
         second = statistics.median(s for _, s in samples[half:])
         # A queue would add ~0.5 s of latency per second here (≈ +3 s between the halves).
         assert second - first < 1.0, (first, second)
-        session = app.state.sessions.get(viewer.session_id)
-        (pipe,) = [p for p in app.state.hub.stats()["pipelines"] if p["source"] == session.source]
+        session = svc.sessions.get(viewer.session_id)
+        (pipe,) = [p for p in svc.hub.stats()["pipelines"] if p["source"] == session.source]
         assert pipe["frames_skipped"] > 50  # stale camera frames skipped, not queued
         await viewer.close()
 
 
 async def test_two_cameras_are_not_shared():
-    async with running_server() as (url, app):
+    async with running_server() as (url, svc):
         a = await connect(url, send_track=MarkedCamera())
         b = await connect(url, send_track=MarkedCamera())
         await a.receive(10)
         await b.receive(10)
-        sources = {p["source"] for p in app.state.hub.stats()["pipelines"]}
+        sources = {p["source"] for p in svc.hub.stats()["pipelines"]}
         assert len(sources) == 2
         await a.close()
         await b.close()

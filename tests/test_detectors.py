@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import vtest_frames
 from detectors import ModelLoadError, ModelRegistry
 from detectors.yolo import YoloDetector, letterbox, nms
-from overlay import render
+from pipeline.overlay import render
 from sources.synthetic import SyntheticSource
 
 

@@ -22,14 +22,14 @@ def contiguous_in(needle: list[bytes], haystack: list[bytes]) -> bool:
 @pytest.mark.parametrize("codec", ["vp8", "h264"])
 async def test_viewers_get_identical_encoded_frames_and_late_joiners_start_on_a_keyframe(monkeypatch, codec):
     log = EncodedLog().install(monkeypatch)
-    async with running_server(KEYFRAME_INTERVAL=60) as (url, app):  # no periodic keyframes in the way
+    async with running_server(KEYFRAME_INTERVAL=60) as (url, svc):  # no periodic keyframes in the way
         a = await connect(url, codec=codec)
         await a.receive(45)
         b = await connect(url, codec=codec)  # joins mid-GOP
         frames_b = await b.receive(60)
         assert frames_b[-1][1].shape == (480, 640, 3) and frames_b[-1][1].std() > 10  # b decodes and plays
         await a.receive(20)
-        (pipe,) = app.state.hub.stats()["pipelines"]
+        (pipe,) = svc.hub.stats()["pipelines"]
         (encoder,) = pipe["encoders"]
         assert encoder["codec"] == codec and pipe["viewers"] == 2
         data_a = [d for _, _, d in log.of(a)]
@@ -42,39 +42,39 @@ async def test_viewers_get_identical_encoded_frames_and_late_joiners_start_on_a_
         # each tick was encoded once, not once per viewer
         assert encoder["frames"] <= pipe["ticks"]
         for v in (a, b):
-            session = app.state.sessions.get(v.session_id)
+            session = svc.sessions.get(v.session_id)
             assert session.track.codec == codec
             await v.close()
 
 
 async def test_a_viewers_pli_makes_the_shared_encoder_emit_a_keyframe(monkeypatch):
     log = EncodedLog().install(monkeypatch)
-    async with running_server(KEYFRAME_INTERVAL=60) as (url, app):
+    async with running_server(KEYFRAME_INTERVAL=60) as (url, svc):
         viewer = await connect(url)
         await viewer.receive(60)
         keyframes_before = sum(is_keyframe("vp8", d) for _, _, d in log.of(viewer))
-        (pipe,) = app.state.hub._pipelines.values()
-        forced_before = pipe.encoders["vp8"].forced_keyframes
+        (pipe,) = svc.hub._pipelines.values()
+        forced_before = pipe.encoders.get("vp8").forced_keyframes
         receiver = viewer.pc.getTransceivers()[0].receiver
         (ssrc,) = [s.source for s in receiver.getSynchronizationSources()]
         await receiver._send_rtcp_pli(ssrc)  # what a browser sends after packet loss
         await viewer.receive(30)
         assert await wait_until(lambda: sum(is_keyframe("vp8", d) for _, _, d in log.of(viewer)) > keyframes_before, 10)
-        assert pipe.encoders["vp8"].forced_keyframes > forced_before
-        assert app.state.sessions.get(viewer.session_id).track.keyframe_requests >= 2  # join + PLI
+        assert pipe.encoders.get("vp8").forced_keyframes > forced_before
+        assert svc.sessions.get(viewer.session_id).track.keyframe_requests >= 2  # join + PLI
         await viewer.close()
 
 
 async def test_per_viewer_encode_mode_still_works(monkeypatch):
     log = EncodedLog().install(monkeypatch)
-    async with running_server(ENCODE_MODE="per_viewer") as (url, app):
+    async with running_server(ENCODE_MODE="per_viewer") as (url, svc):
         a = await connect(url)
         b = await connect(url)
         fa, fb = await asyncio.gather(a.receive(45, keep_every=45), b.receive(45, keep_every=45))
         assert fa[0][1].std() > 10 and fb[0][1].std() > 10
-        (pipe,) = app.state.hub.stats()["pipelines"]
+        (pipe,) = svc.hub.stats()["pipelines"]
         assert pipe["encoders"] == [] and pipe["viewers"] == 2
-        assert app.state.sessions.get(a.session_id).track.codec is None
+        assert svc.sessions.get(a.session_id).track.codec is None
         assert log.of(a) and log.of(b)
         for v in (a, b):
             await v.close()

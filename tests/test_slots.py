@@ -3,7 +3,7 @@
 import threading
 import time
 
-from slots import LatestSlot
+from core.slots import LatestSlot
 
 
 def test_reader_gets_only_the_newest_value():

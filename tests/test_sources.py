@@ -56,7 +56,7 @@ class FrameWatch:
 
 async def test_rtsp_viewer_survives_repeated_camera_outages(rtsp_server):
     sources = {"lobby": {"url": rtsp_server.url, "model": "none"}}
-    async with running_server(SOURCES=sources, **RTSP_FAST) as (url, app):
+    async with running_server(SOURCES=sources, **RTSP_FAST) as (url, svc):
         viewer = await connect(url, source="lobby", detections=True)
         watch = FrameWatch(await viewer.track())
         async with httpx.AsyncClient(base_url=url) as http:
@@ -92,7 +92,7 @@ async def test_rtsp_viewer_survives_repeated_camera_outages(rtsp_server):
                 assert time.monotonic() - t0 < 20
                 assert (await source(http, "lobby"))["state"] == "live"
             assert watch.max_gap() < 2.0, watch.max_gap()
-            assert app.state.hub.capture_for("lobby").opens >= 4
+            assert svc.hub.capture_for("lobby").opens >= 4
         watch.task.cancel()
         await viewer.close()
 
@@ -107,7 +107,7 @@ async def test_sources_api_always_on_snapshot_and_errors(rtsp_server, media_dir)
         "broken": "corrupt.mp4",
         "pattern": "synthetic",
     }
-    async with running_server(MEDIA_DIR=media_dir, SOURCES=sources, **RTSP_FAST) as (url, app):
+    async with running_server(MEDIA_DIR=media_dir, SOURCES=sources, **RTSP_FAST) as (url, svc):
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             listed = {s["name"]: s for s in (await http.get("/api/sources")).json()["sources"]}
             assert sorted(listed) == ["broken", "clip", "default", "desk", "lobby", "pattern"]
@@ -115,7 +115,7 @@ async def test_sources_api_always_on_snapshot_and_errors(rtsp_server, media_dir)
             assert listed["clip"]["url"] == "clip.mp4" and listed["desk"]["url"] == "device:7"
 
             # always_on: live with no viewer at all
-            assert await wait_until(lambda: app.state.hub.capture_for("lobby").state == "live", 15)
+            assert await wait_until(lambda: svc.hub.capture_for("lobby").state == "live", 15)
             lobby = await source(http, "lobby")
             assert lobby["always_on"] and lobby["viewers"] == 0 and lobby["model"] == "person"
 
@@ -127,7 +127,7 @@ async def test_sources_api_always_on_snapshot_and_errors(rtsp_server, media_dir)
             # an idle file source is started for its snapshot, then stopped again
             r = await http.get("/api/sources/clip/snapshot.jpg")
             assert r.status_code == 200
-            assert await wait_until(lambda: app.state.hub.capture_for("clip") is None, 10)
+            assert await wait_until(lambda: svc.hub.capture_for("clip") is None, 10)
 
             assert (await http.get("/api/sources/nope/snapshot.jpg")).status_code == 404
 
@@ -143,14 +143,14 @@ async def test_sources_api_always_on_snapshot_and_errors(rtsp_server, media_dir)
 
             broken = await connect(url, source="broken")
             await broken.receive(5)
-            assert await wait_until(lambda: app.state.hub.capture_for("broken").state == "failed", 10)
+            assert await wait_until(lambda: svc.hub.capture_for("broken").state == "failed", 10)
             assert "corrupt.mp4" in (await source(http, "broken"))["last_error"]
             assert (await http.get("/health")).json()["status"] == "degraded"
 
             # a configured file source plays at its fps setting
             clip = await connect(url, source="clip")
             await clip.receive(30)
-            assert await wait_until(lambda: 3 < app.state.hub.capture_for("clip").measured_fps < 7, 10)
+            assert await wait_until(lambda: 3 < svc.hub.capture_for("clip").measured_fps < 7, 10)
             for v in (viewer, broken, clip):
                 await v.close()
 
@@ -207,7 +207,7 @@ def test_credentials_never_reach_the_log(rtsp_server, tmp_path):
 
 async def test_ice_servers_route_is_the_only_place_with_turn_credentials():
     turn = [{"urls": "turn:turn.example.com:3478", "username": "alice", "credential": "t0ps3cret"}]
-    async with running_server(STUN_SERVERS=["stun:stun.example.com:3478"], TURN_SERVERS=turn) as (url, app):
+    async with running_server(STUN_SERVERS=["stun:stun.example.com:3478"], TURN_SERVERS=turn) as (url, svc):
         async with httpx.AsyncClient(base_url=url) as http:
             ice = (await http.get("/api/ice-servers")).json()
             assert ice == {"iceServers": [{"urls": "stun:stun.example.com:3478"}, turn[0]]}
@@ -219,11 +219,11 @@ async def test_stalled_stream_is_detected_and_recovers(rtsp_server):
     """The camera keeps its TCP connection open but sends nothing (process stopped)."""
     import signal
 
-    async with running_server(SOURCES={"lobby": {"url": rtsp_server.url, "model": "none"}}, **RTSP_FAST) as (url, app):
+    async with running_server(SOURCES={"lobby": {"url": rtsp_server.url, "model": "none"}}, **RTSP_FAST) as (url, svc):
         viewer = await connect(url, source="lobby", detections=True)
         await viewer.receive(10)
         assert await wait_until(lambda: len(viewer.messages) >= 10, 20)
-        capture = app.state.hub.capture_for("lobby")
+        capture = svc.hub.capture_for("lobby")
         os.kill(rtsp_server.proc.pid, signal.SIGSTOP)
         try:
             assert await wait_until(lambda: capture.state == "reconnecting", 15), capture.state

@@ -74,7 +74,7 @@ async def test_end_to_end_against_python_main(server_process):
 
 
 async def test_two_viewers_share_one_capture_and_one_processing():
-    async with running_server() as (url, app):
+    async with running_server() as (url, svc):
         a = await connect(url)
         b = await connect(url)
         fa, fb = await asyncio.gather(a.receive(45, keep_every=15), b.receive(45, keep_every=15))
@@ -91,19 +91,19 @@ async def test_two_viewers_share_one_capture_and_one_processing():
         assert names.count("vg-cap-default") == 1 and names.count("vg-proc-default-none") == 1
         await a.close()
         await b.close()
-        assert await wait_until(lambda: app.state.hub.stats()["pipelines"] == [], 15)
+        assert await wait_until(lambda: svc.hub.stats()["pipelines"] == [], 15)
         assert await wait_until(lambda: not [n for n in vg_threads() if n != "vg-watchdog"], 10), vg_threads()
 
 
 async def test_file_source_plays_at_output_rate_and_loops(media_dir):
     write_video(media_dir / "clip.mp4", frames=12, fps=10)  # 1.2 s of video at 10 fps
-    async with running_server(MEDIA_DIR=media_dir) as (url, app):
+    async with running_server(MEDIA_DIR=media_dir) as (url, svc):
         viewer = await connect(url, video_path="clip.mp4")
         n = 90
         frames = await viewer.receive(n, keep_every=1)
         rate = frame_rate(frames[5:], n - 5)
         assert 15 < rate < 45, rate  # the output clock, not the file's 10 fps
-        (cap,) = app.state.hub.stats()["captures"]
+        (cap,) = svc.hub.stats()["captures"]
         assert cap["source"] == "file:clip.mp4" and cap["kind"] == "file"
         assert cap["frames_read"] > 12, "file did not loop"
         assert cap["opens"] == 1
@@ -113,7 +113,7 @@ async def test_file_source_plays_at_output_rate_and_loops(media_dir):
 
 
 async def test_offer_without_ice_is_reaped_after_connect_timeout():
-    async with running_server(CONNECT_TIMEOUT=2) as (url, app):
+    async with running_server(CONNECT_TIMEOUT=2) as (url, svc):
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         pc.addTransceiver("video", direction="recvonly")
         await pc.setLocalDescription(await pc.createOffer())
@@ -122,16 +122,16 @@ async def test_offer_without_ice_is_reaped_after_connect_timeout():
             sid = r.json()["session_id"]
             assert (await http.get("/api/sessions")).json()["count"] == 1
             # never apply the answer: ICE never completes
-            assert await wait_until(lambda: sid not in app.state.sessions.sessions, 15)
+            assert await wait_until(lambda: sid not in svc.sessions.sessions, 15)
             assert (await http.get(f"/api/session/{sid}")).status_code == 404
-        assert app.state.sessions.closed_reasons.get("connect-timeout") == 1
-        assert app.state.sessions.peer_connections == set()
-        assert await wait_until(lambda: app.state.hub.stats()["pipelines"] == [], 10)
+        assert svc.sessions.closed_reasons.get("connect-timeout") == 1
+        assert svc.sessions.peer_connections == set()
+        assert await wait_until(lambda: svc.hub.stats()["pipelines"] == [], 10)
         await pc.close()
 
 
 async def test_vanished_peer_is_closed_from_rtcp_inactivity():
-    async with running_server(PEER_INACTIVITY_TIMEOUT=3) as (url, app):
+    async with running_server(PEER_INACTIVITY_TIMEOUT=3) as (url, svc):
         viewer = await connect(url)
         await viewer.receive(10)
         # The client disappears without a word: its UDP sockets close, no BYE, no DTLS close.
@@ -139,22 +139,22 @@ async def test_vanished_peer_is_closed_from_rtcp_inactivity():
         for protocol in ice._connection._protocols:
             protocol.transport.close()
         t0 = time.monotonic()
-        assert await wait_until(lambda: viewer.session_id not in app.state.sessions.sessions, 20)
+        assert await wait_until(lambda: viewer.session_id not in svc.sessions.sessions, 20)
         gone_after = time.monotonic() - t0
-        assert app.state.sessions.closed_reasons.get("peer-inactive") == 1, app.state.sessions.closed_reasons
+        assert svc.sessions.closed_reasons.get("peer-inactive") == 1, svc.sessions.closed_reasons
         assert gone_after < 15  # well before ICE consent expiry (~30 s)
         await viewer.close()
 
 
 async def test_shutdown_with_live_sessions_leaves_nothing():
-    async with running_server() as (url, app):
+    async with running_server() as (url, svc):
         viewers = [await connect(url), await connect(url, model="none")]
         await asyncio.gather(*(v.receive(10) for v in viewers))
-        pcs = set(app.state.sessions.peer_connections)
+        pcs = set(svc.sessions.peer_connections)
         assert len(pcs) == 2 and any(n.startswith("vg-cap") for n in vg_threads())
     assert vg_threads() == []
     assert all(pc.connectionState == "closed" for pc in pcs)
-    assert app.state.sessions.sessions == {} and app.state.sessions.peer_connections == set()
+    assert svc.sessions.sessions == {} and svc.sessions.peer_connections == set()
     for v in viewers:
         await v.close()
 
@@ -176,14 +176,14 @@ class Flaky:
 
 async def test_faults_never_kill_the_pipeline_and_watchdog_restarts_threads():
     Flaky.calls = 0
-    async with running_server() as (url, app):
-        app.state.models.register("flaky", "test", Flaky)
+    async with running_server() as (url, svc):
+        svc.models.register("flaky", "test", Flaky)
         viewer = await connect(url, model="flaky")
         frames = await viewer.receive(90, keep_every=30)
         assert len(frames) == 3
-        (pipe,) = [p for p in app.state.hub._pipelines.values()]
-        assert pipe.proc_worker.restarts >= 1
-        assert pipe.proc_worker.errors >= 3
+        (pipe,) = [p for p in svc.hub._pipelines.values()]
+        assert pipe.stage.worker.restarts >= 1
+        assert pipe.stage.worker.errors >= 3
         assert "ValueError" in pipe.stats()["last_error"] or "thread died" in pipe.stats()["last_error"]
-        assert pipe.frames_processed > 20  # it kept processing after each fault
+        assert pipe.stage.frames_processed > 20  # it kept processing after each fault
         await viewer.close()

@@ -8,10 +8,13 @@ import time
 from typing import Literal, Optional
 
 import cv2
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from redact import redact
+from api.deps import HubDep, ServicesDep, SettingsDep
+from api.errors import ApiError, error_responses
+from core.redact import redact
+from hub import PipelineHub
 
 router = APIRouter(prefix="/api", tags=["catalog"])
 
@@ -43,12 +46,11 @@ class ModelsResponse(BaseModel):
 
 
 @router.get("/models", response_model=ModelsResponse, summary="The models and their state")
-async def list_models(request: Request) -> ModelsResponse:
+async def list_models(services: ServicesDep) -> ModelsResponse:
     """Every model by name: `ready` (loaded), `error` (failed to load, with why) or
     `not_loaded` (loads on first use), and its mean inference time. `default` is the model
     used when an offer names none (`none` if DEFAULT_MODEL failed to load)."""
-    state = request.app.state
-    return ModelsResponse(default=state.default_model, models=state.models.info())
+    return ModelsResponse(default=services.default_model, models=services.models.info())
 
 
 class SourceInfo(BaseModel):
@@ -84,9 +86,9 @@ class IceServersResponse(BaseModel):
     iceServers: list[dict]
 
 
-def _source_info(state, spec) -> SourceInfo:
-    capture = state.hub.capture_for(spec.name)
-    pipelines = state.hub.pipelines_for(spec.name)
+def _source_info(hub: PipelineHub, default_model: str, spec) -> SourceInfo:
+    capture = hub.capture_for(spec.name)
+    pipelines = hub.pipelines_for(spec.name)
     size = capture.native_size if capture else None
     return SourceInfo(
         name=spec.name, kind=spec.kind, url=spec.display,
@@ -94,55 +96,55 @@ def _source_info(state, spec) -> SourceInfo:
         width=size[0] if size else None, height=size[1] if size else None,
         fps=round(capture.measured_fps, 2) if capture else 0.0,
         viewers=sum(p.viewers - p.held for p in pipelines),
-        model=spec.model or state.default_model, always_on=spec.always_on,
+        model=spec.model or default_model, always_on=spec.always_on,
         last_error=redact(capture.last_error) if capture and capture.last_error else None)
 
 
 @router.get("/sources", response_model=SourcesResponse, summary="The sources and their state")
-async def list_sources(request: Request) -> SourcesResponse:
+async def list_sources(services: ServicesDep) -> SourcesResponse:
     """Every configured source (`default` and SOURCES), plus files opened through `video_path`
     while they play: state (`idle` no pipeline, `live`, `reconnecting` was live and is trying
     again, `failed` could not open yet and is trying again), the source's own resolution, the
     measured fps, viewers and last error. Credentials in URLs are shown as `***`."""
-    state = request.app.state
-    specs = dict(state.sources)
-    for stats in state.hub.stats()["captures"]:
-        capture = state.hub.capture_for(stats["source"])
+    hub = services.hub
+    specs = dict(services.sources)
+    for stats in hub.stats()["captures"]:
+        capture = hub.capture_for(stats["source"])
         if capture is not None and capture.spec.kind == "file" and capture.spec.name not in specs:
             specs[capture.spec.name] = capture.spec
-    return SourcesResponse(sources=[_source_info(state, spec) for spec in specs.values()])
+    return SourcesResponse(sources=[_source_info(hub, services.default_model, spec) for spec in specs.values()])
 
 
 @router.get("/sources/{name}/snapshot.jpg", summary="The latest processed frame of a source",
             response_class=Response,
             responses={200: {"content": {"image/jpeg": {}}, "description": "JPEG image"},
-                       404: {"description": "Unknown source"},
-                       503: {"description": "The source has no frame yet (see its last_error)"}})
-async def snapshot(request: Request, name: str) -> Response:
+                       **error_responses({404: "Unknown source",
+                                          503: "The source has no frame yet (see its last_error)"})})
+async def snapshot(services: ServicesDep, hub: HubDep, name: str) -> Response:
     """The newest processed frame (boxes and status band drawn) as JPEG. A source with no
     viewer is started for the snapshot and stopped again."""
-    state = request.app.state
-    spec = state.sources.get(name)
+    spec = services.sources.get(name)
     if spec is None:
-        raise HTTPException(404, f"Unknown source {name!r}.")
-    entry, notice = await asyncio.to_thread(state.models.load_or_fallback, spec.model or state.settings.DEFAULT_MODEL)
-    pipeline = state.hub.acquire(spec, entry, notice)
+        raise ApiError(404, f"Unknown source {name!r}.", "not_found")
+    entry, notice = await asyncio.to_thread(services.models.load_or_fallback,
+                                            spec.model or services.settings.DEFAULT_MODEL)
+    pipeline = hub.acquire(spec, entry, notice)
     try:
         deadline = time.monotonic() + SNAPSHOT_WAIT_S
         while (image := pipeline.latest_image()) is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
     finally:
-        await state.hub.release(pipeline)
+        await hub.release(pipeline)
     if image is None:
         capture_error = pipeline.capture.last_error
-        raise HTTPException(503, f"Source {name!r} has no frame yet" + (f": {capture_error}" if capture_error else "."))
+        raise ApiError(503, f"Source {name!r} has no frame yet" + (f": {capture_error}" if capture_error else "."),
+                       "source_unavailable")
     ok, jpeg = await asyncio.to_thread(cv2.imencode, ".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
     return Response(jpeg.tobytes(), media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
 @router.get("/ice-servers", response_model=IceServersResponse, summary="ICE servers for the browser")
-async def ice_servers(request: Request) -> IceServersResponse:
+async def ice_servers(settings: SettingsDep) -> IceServersResponse:
     """The configured STUN and TURN servers, ready for `new RTCPeerConnection(...)`. This is the
     one place TURN credentials are shown: browsers need them."""
-    servers = request.app.state.settings.ice_servers
-    return IceServersResponse(iceServers=[s.model_dump(exclude_none=True) for s in servers])
+    return IceServersResponse(iceServers=[s.model_dump(exclude_none=True) for s in settings.ice_servers])

@@ -9,13 +9,13 @@ import logging
 import threading
 from typing import Callable, Optional
 
+from core.workers import Worker
 from detectors import ModelEntry
 from model import AIProcessor, EncodeSettings
 from sources import FrameSource, SourceSpec, open_source
 from sources.capture import Capture
-from workers import Worker
 
-log = logging.getLogger("visionguard.pipelines")
+log = logging.getLogger("visionguard.hub")
 
 
 class PipelineHub:

@@ -32,7 +32,8 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
-    def _record(self, message: str) -> None:
+    def record(self, message: str) -> None:
+        """Count and keep a fault (also used by parts that run inside this thread's step)."""
         self.errors += 1
         self.last_error = message
         now = time.monotonic()
@@ -48,10 +49,10 @@ class Worker:
                 try:
                     self._step()
                 except Exception as exc:  # one bad frame or call never ends the loop
-                    self._record(f"{type(exc).__name__}: {exc}")
+                    self.record(f"{type(exc).__name__}: {exc}")
                     self.stop_event.wait(0.05)  # no hot loop on a persistent fault
         except BaseException as exc:
-            self._record(f"thread died: {type(exc).__name__}: {exc}")
+            self.record(f"thread died: {type(exc).__name__}: {exc}")
 
     @property
     def alive(self) -> bool:

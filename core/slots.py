@@ -18,6 +18,7 @@ class LatestSlot(Generic[T]):
         self._cond = threading.Condition()
         self._seq = 0
         self._value: Optional[T] = None
+        self.waiting = 0  # readers blocked in wait_newer (lets tests order threads without sleeping)
 
     def put(self, value: T) -> int:
         with self._cond:
@@ -33,7 +34,11 @@ class LatestSlot(Generic[T]):
     def wait_newer(self, seen: int, timeout: float) -> tuple[int, Optional[T]]:
         """Block until a value newer than `seen` arrives (or `timeout`); return (seq, value)."""
         with self._cond:
-            self._cond.wait_for(lambda: self._seq > seen, timeout)
+            self.waiting += 1
+            try:
+                self._cond.wait_for(lambda: self._seq > seen, timeout)
+            finally:
+                self.waiting -= 1
             return self._seq, self._value
 
     def wake(self) -> None:

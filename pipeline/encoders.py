@@ -24,6 +24,12 @@ CODECS = ("vp8", "h264")
 
 
 @dataclass(frozen=True)
+class EncodeSettings:
+    bitrate: int = 1_000_000
+    keyframe_interval_s: float = 2.0
+
+
+@dataclass(frozen=True)
 class EncodedFrame:
     codec: str
     data: bytes

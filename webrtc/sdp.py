@@ -1,4 +1,5 @@
-"""Check an SDP offer completely before any peer connection exists.
+"""SDP: an offer checked completely before any peer connection exists, and the codec an
+answer negotiated.
 
 aiortc accepts garbage ("v=0", "", free text) and answers it with an empty SDP, so the
 offer is parsed and checked here first; what passes is an offer aiortc can answer.
@@ -50,3 +51,17 @@ def check_offer(sdp: str) -> str:
     if first.direction in ("sendrecv", "sendonly", None):
         return "camera"
     raise OfferError("The SDP offer's video section is inactive.")
+
+
+def negotiated_codec(answer_sdp: str, mid: str) -> str:
+    """The video codec ("vp8" or "h264") the answer chose for the section `mid`.
+
+    Read from the answer, not the offer: aiortc drops H.264 profiles it cannot send, so the
+    offer's first codec is not always the one negotiated."""
+    for media in SessionDescription.parse(answer_sdp).media:
+        if media.kind == "video" and media.rtp.muxId == mid:
+            for codec in media.rtp.codecs:
+                name = codec.mimeType.split("/")[-1].lower()
+                if name in SUPPORTED_VIDEO_CODECS:
+                    return name
+    raise OfferError("The answer has no usable video codec.")

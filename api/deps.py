@@ -1,0 +1,56 @@
+"""Typed dependencies: what a route needs is visible in its signature.
+
+The app holds one `Services` container (built by `main.create_app`); routes ask for the parts
+they use, e.g. `async def route(hub: HubDep, sessions: SessionsDep)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from config import Settings
+from detectors import ModelRegistry
+from hub import PipelineHub
+from sources import SourceSpec
+from webrtc.sessions import SessionManager
+
+
+@dataclass
+class Services:
+    settings: Settings
+    sources: dict[str, SourceSpec]  # configured sources by name (`default` first)
+    models: ModelRegistry
+    hub: PipelineHub
+    sessions: SessionManager
+    default_model: str  # DEFAULT_MODEL, or `none` once it failed to load
+    model_notice: str = ""  # drawn on the video when the default model fell back
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def _settings(request: Request) -> Settings:
+    return get_services(request).settings
+
+
+def _hub(request: Request) -> PipelineHub:
+    return get_services(request).hub
+
+
+def _sessions(request: Request) -> SessionManager:
+    return get_services(request).sessions
+
+
+def _models(request: Request) -> ModelRegistry:
+    return get_services(request).models
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+HubDep = Annotated[PipelineHub, Depends(_hub)]
+SessionsDep = Annotated[SessionManager, Depends(_sessions)]
+ModelsDep = Annotated[ModelRegistry, Depends(_models)]

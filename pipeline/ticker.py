@@ -1,0 +1,147 @@
+"""The clock: a thread that owns a pipeline's output rate.
+
+Every 1/fps it publishes the newest processed frame as an `OutFrame` (repeating it when the
+source is slower or stalled, a placeholder before the first one), converted once to I420 and
+encoded once per codec in use, into a short ring (`RING_TICKS`), and wakes the event loop
+through a one-deep hand-off. Viewers read the ring on the loop: one that takes frames takes the
+newest; one that takes encoded packets takes them in order, so a brief stall costs it nothing,
+and one that falls further behind than the ring jumps to the newest. Nothing grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from typing import Callable, Optional
+
+import cv2
+import numpy as np
+from aiortc.mediastreams import MediaStreamError
+
+from core.slots import LatestSlot, LoopHandoff
+from core.workers import Worker
+from pipeline.encoder_pool import EncoderPool
+from pipeline.frames import VIDEO_CLOCK_RATE, OutFrame, ProcessedFrame
+from pipeline.overlay import draw_status, placeholder
+
+RING_TICKS = 8  # how far (in ticks) a viewer of encoded packets may lag without a keyframe
+PLACEHOLDER_TEXT = {"reconnecting": "reconnecting to source...", "failed": "source unavailable, retrying..."}
+
+
+class Ticker:
+    def __init__(self, name: str, fps: int, width: int, height: int, results: LatestSlot[ProcessedFrame],
+                 source_state: Callable[[], str], encoders: EncoderPool) -> None:
+        self.fps, self.width, self.height = fps, width, height
+        self._results = results
+        self._source_state = source_state
+        self._encoders = encoders
+        self.ticks = 0
+        self._ring: deque[OutFrame] = deque(maxlen=RING_TICKS)
+        self._ring_lock = threading.Lock()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._next: Optional[asyncio.Future] = None
+        self._handoff: Optional[LoopHandoff[int]] = None
+        self._closed = False
+        self._t0 = time.monotonic()
+        self._last_tick = -1
+        self._shown_key: tuple = ()
+        self._shown_i420: Optional[np.ndarray] = None
+        self.worker = Worker(name, self._step)
+        encoders.on_error = self.worker.record
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._next = loop.create_future()
+        self._handoff = LoopHandoff(loop, self._deliver)
+        self._t0 = time.monotonic()
+        self.worker.start()
+
+    def stop(self) -> None:
+        """Stop and join the thread (blocking), then fail the viewers still waiting."""
+        self._closed = True
+        self.worker.stop()
+        if self._loop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._fail_waiters)
+            except RuntimeError:  # loop already closed
+                pass
+
+    def next_pts(self) -> int:
+        """pts of the first tick from now (lets a result be matched to the video that shows it)."""
+        tick = int((time.monotonic() - self._t0) * self.fps) + 1
+        return tick * VIDEO_CLOCK_RATE // self.fps
+
+    # -- for viewers (event loop) -----------------------------------------------------
+    async def wait_tick(self) -> None:
+        """Return when the clock has published a new tick."""
+        if self._closed or self._next is None:
+            raise MediaStreamError
+        # shield: one viewer's cancellation must not cancel the future the others wait on
+        await asyncio.shield(self._next)
+
+    def newest(self) -> Optional[OutFrame]:
+        with self._ring_lock:
+            return self._ring[-1] if self._ring else None
+
+    def after(self, seq: int) -> tuple[Optional[OutFrame], bool]:
+        """The oldest ringed tick published after `seq`, and whether some in between are gone."""
+        with self._ring_lock:
+            for out in self._ring:
+                if out.seq > seq:
+                    return out, out.seq != seq + 1
+        return None, False
+
+    def _deliver(self, tick: int) -> None:
+        if self._closed:
+            return
+        fut, self._next = self._next, self._loop.create_future()
+        fut.set_result(tick)
+
+    def _fail_waiters(self) -> None:
+        if self._next is not None and not self._next.done():
+            self._next.set_exception(MediaStreamError())
+            self._next.exception()  # mark retrieved: nobody may be waiting
+
+    # -- clock thread -------------------------------------------------------------------
+    def _step(self) -> None:
+        # Sleep to the next tick boundary; after a stall, skip the missed ticks (pts stay true
+        # to wall time) instead of bursting them out.
+        elapsed = time.monotonic() - self._t0
+        tick = max(int(elapsed * self.fps) + 1, self._last_tick + 1)
+        self.worker.stop_event.wait(max(0.0, self._t0 + tick / self.fps - time.monotonic()))
+        if self.worker.stop_event.is_set():
+            return
+        self._last_tick = tick
+        self.ticks += 1
+
+        seq, processed = self._results.peek()
+        state = self._source_state()
+        notice = state if state in ("reconnecting", "failed") else ""
+        if (seq, notice) != self._shown_key:
+            self._shown_i420 = self._render(processed, notice)
+            self._shown_key = (seq, notice)
+        pts = tick * VIDEO_CLOCK_RATE // self.fps
+        out = OutFrame(
+            seq=self.ticks, tick=tick, pts=pts,
+            frame_id=processed.frame_id if processed else 0,
+            ts=processed.ts if processed else time.time(),
+            i420=self._shown_i420, width=self.width, height=self.height,
+            encoded=self._encoders.encode(self._shown_i420, tick, pts),
+        )
+        with self._ring_lock:
+            self._ring.append(out)
+        self._handoff.put(tick)
+
+    def _render(self, processed: Optional[ProcessedFrame], notice: str) -> np.ndarray:
+        if processed is None:
+            bgr = placeholder(self.width, self.height, PLACEHOLDER_TEXT.get(notice, "connecting to source..."))
+        elif notice:
+            bgr = draw_status(processed.image, time.strftime("%H:%M:%S"), notice)
+        else:
+            bgr = processed.image
+        i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+        i420.flags.writeable = False
+        return i420
