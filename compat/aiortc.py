@@ -61,18 +61,23 @@ def receive_queue(track) -> asyncio.Queue:
 
 
 # -- the self-check -------------------------------------------------------------------------
+def _calls(function, name: str) -> bool:
+    """Whether `function`'s own code refers to `name` (a call we rely on aiortc making)."""
+    code = getattr(function, "__code__", None)
+    return code is not None and name in code.co_names
+
+
 def _sender_hook() -> bool:
-    method = getattr(RTCRtpSender, "_send_keyframe", None)
-    handler = getattr(RTCRtpSender, "_handle_rtcp_packet", None)
     # the hook only helps if aiortc still calls it when a PLI/FIR arrives
-    return callable(method) and handler is not None and "_send_keyframe" in inspect.getsource(handler)
+    return (callable(getattr(RTCRtpSender, "_send_keyframe", None))
+            and _calls(getattr(RTCRtpSender, "_handle_rtcp_packet", None), "_send_keyframe"))
 
 
 def _host_lookup() -> bool:
-    lookup = getattr(aioice.ice, "get_host_addresses", None)
     # aioice must still look the addresses up through this module-level name when gathering
-    return (callable(lookup) and list(inspect.signature(_original_get_host_addresses).parameters) == [
-        "use_ipv4", "use_ipv6"] and "get_host_addresses(" in inspect.getsource(aioice.ice.Connection))
+    return (callable(getattr(aioice.ice, "get_host_addresses", None))
+            and list(inspect.signature(_original_get_host_addresses).parameters) == ["use_ipv4", "use_ipv6"]
+            and _calls(getattr(aioice.ice.Connection, "gather_candidates", None), "get_host_addresses"))
 
 
 def _remote_queue() -> bool:

@@ -99,12 +99,8 @@ def probe(path: Path) -> None:
     src = file_source(path)
     try:
         src.open()
-        try:
-            frame = next(src._frames)
-        except StopIteration:
-            raise SourceError(f"no decodable video in {path.name}") from None
-        except av.FFmpegError as exc:
-            raise SourceError(f"cannot decode {path.name}: {_reason(exc)}") from None
-        frame.to_ndarray(format="bgr24")
+        src.read()  # at least one frame decodes (at the end it rewinds once, then gives up)
+    except (av.FFmpegError, OSError) as exc:  # e.g. the rewind itself fails
+        raise SourceError(f"cannot decode {path.name}: {_reason(exc)}") from None
     finally:
         src.close()

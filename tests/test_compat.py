@@ -1,0 +1,108 @@
+"""aiortc's internals are used in one module and checked at start-up: remove any one of them and
+start-up stops with one line naming it and the pinned version."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import aioice.ice
+import aiortc
+import pytest
+from aiortc import RTCRtpSender
+from aiortc.rtcrtpreceiver import RemoteStreamTrack
+
+import compat.aiortc as compat
+from config import load_settings
+from conftest import ROOT, TEST_ENV
+
+
+def build_app():
+    import main
+
+    return main.create_app(load_settings(**TEST_ENV))
+
+
+def test_the_pinned_version_is_the_one_installed_and_passes_the_check():
+    pinned = re.search(r"^aiortc==(\S+)", (ROOT / "requirements.txt").read_text(), re.M).group(1)
+    assert compat.PINNED == f"aiortc=={pinned}" == f"aiortc=={aiortc.__version__}"
+    compat.self_check()
+    build_app()
+
+
+def _without_queue(monkeypatch):
+    original = RemoteStreamTrack.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        del self._queue
+
+    monkeypatch.setattr(RemoteStreamTrack, "__init__", init)
+
+
+async def _handler_without_hook(self, packet):  # a future aiortc that no longer calls _send_keyframe
+    return None
+
+
+REMOVALS = {
+    "aiortc.RTCRtpSender._send_keyframe": lambda mp: mp.delattr(RTCRtpSender, "_send_keyframe"),
+    "aiortc.RTCRtpSender._send_keyframe (no longer called on PLI)":
+        lambda mp: mp.setattr(RTCRtpSender, "_handle_rtcp_packet", _handler_without_hook),
+    "aioice.ice.get_host_addresses": lambda mp: mp.delattr(aioice.ice, "get_host_addresses"),
+    "aiortc.rtcrtpreceiver.RemoteStreamTrack._queue": _without_queue,
+}
+
+
+@pytest.mark.parametrize("case", list(REMOVALS))
+def test_a_missing_internal_stops_start_up_with_one_line(monkeypatch, case):
+    REMOVALS[case](monkeypatch)
+    with pytest.raises(SystemExit) as stopped:
+        build_app()
+    message = str(stopped.value.code)
+    assert len(message.splitlines()) == 1
+    assert case.split(" ")[0] in message and "aiortc==1.16.0" in message
+
+
+def test_every_internal_is_checked():
+    assert set(compat.INTERNALS) == {case.split(" ")[0] for case in REMOVALS}
+
+
+def test_python_main_prints_one_line_and_exits(tmp_path):
+    """As an operator sees it: `python main.py` on an aiortc without the hook."""
+    script = ("import sys, runpy, aiortc; del aiortc.RTCRtpSender._send_keyframe; "
+              "sys.argv = ['main.py']; runpy.run_path('main.py', run_name='__main__')")
+    env = {**os.environ, "STUN_SERVERS": "[]", "DEFAULT_MODEL": "none"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "_send_keyframe" in lines[0] and "aiortc==1.16.0" in lines[0], proc.stderr
+
+
+def test_no_other_module_touches_library_internals():
+    """Outside compat/, product code reads no private attribute of another object (`x._name`
+    where x is not self or cls) and patches no attribute of an aiortc/aioice module."""
+    import ast
+
+    offenders = []
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        if {"tests", "bench", ".venv", "compat", "node_modules", "scripts", "examples"} & set(rel.parts):
+            continue
+        tree = ast.parse(path.read_text())
+        library_names = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                         for alias in node.names if alias.name.split(".")[0] in ("aiortc", "aioice")}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            private = node.attr.startswith("_") and not node.attr.startswith("__")
+            if private and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                offenders.append(f"{rel}:{node.lineno} reads .{node.attr}")
+            if isinstance(node.ctx, ast.Store) and isinstance(root, ast.Name) and root.id in library_names:
+                offenders.append(f"{rel}:{node.lineno} patches {root.id}...{node.attr}")
+    assert offenders == []

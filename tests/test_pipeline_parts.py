@@ -1,0 +1,183 @@
+"""Each part an `AIProcessor` is composed of, tested alone: the process stage, the ticker, the
+encoder pool and the result fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pytest
+
+import pipeline.encoder_pool as encoder_pool
+from core.slots import LatestSlot
+from pipeline.encoder_pool import EncoderPool
+from pipeline.fanout import ResultFanout
+from pipeline.frames import VIDEO_CLOCK_RATE
+from pipeline.stage import ProcessStage
+from pipeline.ticker import RING_TICKS, Ticker
+
+W, H = 160, 120
+
+
+@dataclass(frozen=True)
+class Captured:  # what a capture puts in its slot
+    frame_id: int
+    ts: float
+    image: np.ndarray
+
+
+def i420(value: int = 100) -> np.ndarray:
+    return cv2.cvtColor(np.full((H, W, 3), value, np.uint8), cv2.COLOR_BGR2YUV_I420)
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+class Gate:
+    """A processor that holds each frame until released, recording the frames it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self.go = threading.Semaphore(0)
+        self.thread_ids: set[int] = set()
+
+    def process(self, frame):
+        self.go.acquire()
+        self.seen.append(int(frame[0, 0, 0]))
+        self.thread_ids.add(threading.get_ident())
+        return frame, []
+
+
+def test_stage_processes_only_the_newest_frame_and_counts_the_skipped():
+    frames, results, gate = LatestSlot(), [], Gate()
+    stage = ProcessStage("vg-test-stage", frames, gate, "gate", W, H, on_result=results.append)
+    stage.worker.start()
+    try:
+        frames.put(Captured(1, time.time(), np.full((H, W, 3), 1, np.uint8)))
+        assert wait_for(lambda: frames.waiting == 0 and gate.go._value == 0 and stage._seen == 1)
+        for i in range(2, 7):  # five frames arrive while the model is busy with the first
+            frames.put(Captured(i, time.time(), np.full((H, W, 3), i, np.uint8)))
+        gate.go.release()
+        gate.go.release()
+        assert wait_for(lambda: stage.frames_processed == 2)
+        assert gate.seen == [1, 6], "stale frames must be skipped, not queued"
+        assert stage.frames_skipped == 4
+        assert [r.frame_id for r in results] == [1, 6] and stage.results.peek()[1].frame_id == 6
+        assert '"frame_id":6' in results[-1].message and results[-1].image.flags.writeable is False
+        assert threading.main_thread().ident not in gate.thread_ids
+    finally:
+        for _ in range(3):
+            gate.go.release()
+        stage.worker.stop()
+    assert not stage.worker.alive
+
+
+@dataclass(frozen=True)
+class Result:  # a ProcessedFrame without the parts the ticker does not read
+    frame_id: int
+    ts: float
+    image: np.ndarray
+
+
+async def test_ticker_publishes_every_tick_into_a_bounded_ring():
+    results = LatestSlot()
+    pool = EncoderPool(W, H, 30)
+    ticker = Ticker("vg-test-clock", 30, W, H, results, lambda: "live", pool)
+    ticker.start(asyncio.get_running_loop())
+    try:
+        await ticker.wait_tick()
+        first = ticker.newest()
+        assert first.frame_id == 0 and first.i420.shape == (H * 3 // 2, W)  # placeholder before a result
+        results.put(Result(7, time.time(), np.full((H, W, 3), 200, np.uint8)))
+        while (ticker.newest().frame_id != 7):
+            await ticker.wait_tick()
+        for _ in range(RING_TICKS + 4):
+            await ticker.wait_tick()
+        out, lost = ticker.after(first.seq)
+        assert lost, "a viewer further behind than the ring is told it lost ticks"
+        newest = ticker.newest()
+        assert newest.seq - out.seq == RING_TICKS - 1
+        assert newest.pts == newest.tick * VIDEO_CLOCK_RATE // 30
+        ring = [ticker.after(s)[0] for s in range(out.seq - 1, newest.seq)]
+        assert [o.seq for o in ring] == list(range(out.seq, newest.seq + 1)), "consecutive ticks"
+        assert all(b.pts - a.pts == 3000 * (b.tick - a.tick) for a, b in zip(ring, ring[1:]))
+        assert ticker.after(newest.seq) == (None, False)
+    finally:
+        await asyncio.to_thread(ticker.stop)
+    with pytest.raises(Exception):
+        await ticker.wait_tick()
+
+
+def test_encoder_pool_encodes_once_per_codec_in_use_and_starts_on_a_keyframe():
+    pool = EncoderPool(W, H, 30)
+    assert pool.encode(i420(), 1, 3000) == {}  # nobody watches: nothing is encoded
+    pool.use("vp8")
+    pool.use("vp8")
+    pool.use("h264")
+    out = pool.encode(i420(), 2, 6000)
+    assert sorted(out) == ["h264", "vp8"] and out["vp8"].keyframe and out["h264"].keyframe
+    assert pool.get("vp8").frames == 1, "two viewers, one encode"
+    pool.drop("h264")
+    assert sorted(pool.encode(i420(), 3, 9000)) == ["vp8"] and pool.get("h264") is None
+
+
+def test_a_failing_encoder_never_holds_up_the_other_codec(monkeypatch):
+    errors = []
+    pool = EncoderPool(W, H, 30, on_error=errors.append)
+    real = encoder_pool.SharedEncoder
+
+    def shared_encoder(codec, *args):
+        if codec == "h264":
+            raise RuntimeError("no H.264 encoder here")
+        return real(codec, *args)
+
+    monkeypatch.setattr(encoder_pool, "SharedEncoder", shared_encoder)
+    pool.use("h264")
+    pool.use("vp8")
+    for tick in range(1, 4):
+        assert list(pool.encode(i420(), tick, tick * 3000)) == ["vp8"]
+    assert len(errors) == 3 and "h264 encoder: RuntimeError" in errors[0]
+    monkeypatch.setattr(encoder_pool, "SharedEncoder", real)  # it recovers, from a keyframe
+    out = pool.encode(i420(), 4, 12000)
+    assert sorted(out) == ["h264", "vp8"] and out["h264"].keyframe
+
+
+async def test_fanout_delivers_on_the_loop_and_a_raising_listener_starves_no_other():
+    fanout = ResultFanout()
+    loop = asyncio.get_running_loop()
+    fanout.start(loop)
+    got, threads = [], set()
+
+    def bad(result):
+        raise ValueError("listener bug")
+
+    def good(result):
+        got.append(result)
+        threads.add(threading.get_ident())
+
+    fanout.add(bad)
+    fanout.add(good)
+    worker = threading.Thread(target=lambda: [fanout.publish(i) for i in range(3)])
+    worker.start()
+    worker.join()
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert got and got[-1] == 2, "the newest result reaches the good listener"
+    assert threads == {threading.get_ident()}, "listeners run on the event loop"
+    assert fanout.listener_errors >= 1
+    fanout.remove(good)
+    fanout.remove(bad)
+    fanout.publish(99)  # no listener: nothing scheduled
+    await asyncio.sleep(0.05)
+    assert 99 not in got
