@@ -1,6 +1,8 @@
 """VisionGuard: the FastAPI app, its lifespan, CORS, error handlers and `/ /health /info`.
 
-`python main.py` serves it with uvicorn in one process; `uvicorn main:app` works too.
+`create_app()` builds the app (`uvicorn main:create_app --factory`); `python main.py` serves it
+with uvicorn in one process; the seed's `uvicorn main:app` works too (the module builds `app` on
+first access). Importing this module defines things and does nothing else.
 """
 
 from __future__ import annotations
