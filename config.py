@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     CONNECT_TIMEOUT: float = Field(20.0, gt=0)
     PEER_INACTIVITY_TIMEOUT: float = Field(10.0, gt=0)
     MAX_BODY_BYTES: int = Field(65536, ge=1024)
+    HEADER_TIMEOUT_S: float = Field(10.0, gt=0, le=300)  # a connection without a complete request head by then is closed
+    MAX_CONNECTIONS_PER_IP: int = Field(64, ge=1)
+
+    # What a client may make the server decode (camera mode), checked on encoded frames
+    CAMERA_MAX_WIDTH: int = Field(1920, ge=16, le=16384)
+    CAMERA_MAX_HEIGHT: int = Field(1080, ge=16, le=16384)
+    CAMERA_MAX_FPS: float = Field(60.0, gt=0, le=240)
 
     @field_validator("STUN_SERVERS", mode="after")
     @classmethod
