@@ -30,7 +30,44 @@ def free_port() -> int:
 
 
 def vg_threads() -> list[str]:
+    """Every live `vg-*` thread in the process, whoever started it. Prefer `ThreadWatch`: a
+    thread left behind by an earlier test would make a count of these fail a later one."""
     return sorted(t.name for t in threading.enumerate() if t.name.startswith("vg-"))
+
+
+class ThreadWatch:
+    """The `vg-*` threads started since this watch was made, told apart by object, not by name
+    (a thread an earlier test left behind, even with the same name, is not counted)."""
+
+    def __init__(self) -> None:
+        self.before = set(threading.enumerate())  # strong references: no object is reused
+
+    def new(self) -> list[str]:
+        return sorted(t.name for t in threading.enumerate()
+                      if t not in self.before and t.name.startswith("vg-"))
+
+
+@pytest.fixture
+def threads() -> ThreadWatch:
+    """Taken before the test's server starts: `threads.new()` are the threads it started."""
+    return ThreadWatch()
+
+
+def startup_error(monkeypatch, **env: str) -> str:
+    """The one line start-up stops with, given these environment variables (JSON for lists and
+    maps). In-process: the same `load_settings()` + `create_app()` that `python main.py` runs,
+    both of which raise `InvalidSettings` before anything starts. (test_config keeps one real
+    `python main.py` run for how that line reaches stderr.)"""
+    import main
+    from config import InvalidSettings
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidSettings) as caught:
+        main.create_app(load_settings())
+    message = caught.value.code
+    assert isinstance(message, str) and message.strip() and "\n" not in message.strip(), repr(message)
+    return message
 
 
 @asynccontextmanager

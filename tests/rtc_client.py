@@ -20,17 +20,20 @@ class Viewer:
     session_id: str
     track_future: asyncio.Future
     messages: list = field(default_factory=list)  # (arrival time, decoded JSON) from `detections`
+    pts: list = field(default_factory=list)  # RTP timestamp (90 kHz) of every frame `receive` took, in order
 
     async def track(self, timeout: float = 20.0):
         return await asyncio.wait_for(asyncio.shield(self.track_future), timeout)
 
     async def receive(self, n: int, timeout: float = 60.0, keep_every: int = 1) -> list[tuple[float, np.ndarray]]:
-        """Receive `n` decoded frames; return (arrival time, BGR image) of every `keep_every`-th (the last included)."""
+        """Receive `n` decoded frames; return (arrival time, BGR image) of every `keep_every`-th (the last included).
+        Every frame's pts is appended to `self.pts`."""
         track = await self.track()
         out = []
         deadline = time.monotonic() + timeout
         for i in range(n):
             frame = await asyncio.wait_for(track.recv(), max(0.1, deadline - time.monotonic()))
+            self.pts.append(frame.pts)
             if (i + 1) % keep_every == 0:  # the last of each group
                 out.append((time.monotonic(), frame.to_ndarray(format="bgr24")))
         return out
@@ -74,6 +77,13 @@ async def connect(base_url: str, timeout: float = 30.0, detections: bool = False
     body = r.json()
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
     return Viewer(pc=pc, session_id=body["session_id"], track_future=track_future, messages=messages)
+
+
+def pts_steps(pts: list[int]) -> list[int]:
+    """Differences between consecutive RTP timestamps (90 kHz, modulo 2**32: the sender starts
+    at a random offset). The server stamps 90000 / TARGET_FPS per tick, so at 30 fps every step
+    is 3000 unless a tick was skipped or a frame lost."""
+    return [(b - a) % 2**32 for a, b in zip(pts, pts[1:])]
 
 
 async def track_ended(track, timeout: float) -> bool:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
 from aiortc import RTCPeerConnection, RTCConfiguration
 
 from conftest import running_server, write_video
+
+# Every test here runs in one event loop per module, so that most of them can share one server
+# (`api`); each checks that it leaves nothing behind on it.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 async def client_offer_sdp(direction: str = "recvonly", audio: bool = False, datachannel: bool = False) -> str:
@@ -30,8 +36,32 @@ def counts(svc) -> tuple:
             len(stats["pipelines"]), len(stats["captures"]))
 
 
-@pytest.fixture
-async def api(media_dir):
+@pytest.fixture(scope="module")
+def api_media(tmp_path_factory) -> Path:
+    """MEDIA_DIR of the shared server, with the awkward entries the bad-offer table refers to."""
+    root = tmp_path_factory.mktemp("api")
+    media = root / "media"
+    media.mkdir()
+    (media / "sub").mkdir()
+    (media / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    outside = root / "outside.mp4"
+    write_video(outside, frames=3)
+    (media / "escape.mp4").symlink_to(outside)
+    return media
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def api(api_media):
+    """One server for the module's tests that leave nothing behind."""
+    # CONNECT_TIMEOUT: a session that never connects may be held open for a whole test
+    async with running_server(MEDIA_DIR=api_media, CONNECT_TIMEOUT=120) as (url, svc):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            yield http, svc
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def full_api(media_dir):
+    """A fresh server of its own for a test that fills it (MAX_SESSIONS=3)."""
     async with running_server(MEDIA_DIR=media_dir, MAX_SESSIONS=3) as (url, svc):
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             yield http, svc
@@ -125,13 +155,8 @@ GOOD = "GOOD"  # placeholder replaced by a real client offer
     ({"sdp": GOOD, "type": "offer", "model": "yolo9000"}, 400, "yolo9000"),
     ({"sdp": GOOD, "type": "offer", "model": "none", "source": "nope"}, 404, "nope"),
 ])
-async def test_bad_offers_are_refused_and_leave_nothing(api, media_dir, tmp_path, body, status, fragment):
+async def test_bad_offers_are_refused_and_leave_nothing(api, body, status, fragment):
     http, svc = api
-    (media_dir / "sub").mkdir()
-    (media_dir / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
-    outside = tmp_path / "outside.mp4"
-    write_video(outside, frames=3)
-    (media_dir / "escape.mp4").symlink_to(outside)
     if body["sdp"] == GOOD:
         body = {**body, "sdp": await client_offer_sdp()}
     before = counts(svc)
@@ -181,8 +206,8 @@ async def test_unknown_session_404(api):
     assert r.status_code == 404 and r.json() == {"detail": "Not Found", "code": "not_found"}
 
 
-async def test_full_server_503_with_retry_after(api):
-    http, svc = api
+async def test_full_server_503_with_retry_after(full_api):
+    http, svc = full_api
     ids = []
     for _ in range(3):  # MAX_SESSIONS=3 in this fixture
         r = await http.post("/api/offer", json={"sdp": await client_offer_sdp(audio=True), "type": "offer"})
@@ -214,6 +239,11 @@ async def test_mutated_real_offers_never_500_and_leave_nothing(api):
     """Drop or garble each line of a real browser-like offer: 200 or 400, never 5xx."""
     http, svc = api
     lines = (await client_offer_sdp(audio=True, datachannel=True)).split("\r\n")
+    # One session held open throughout: the accepted offers below join its pipeline, so that
+    # each DELETE does not stop and join its threads (most of this test's time otherwise).
+    r = await http.post("/api/offer", json={"sdp": await client_offer_sdp(), "type": "offer"})
+    assert r.status_code == 200, r.text
+    held = r.json()["session_id"]
     seen = set()
     for i, line in enumerate(lines):
         for variant in (lines[:i] + lines[i + 1:], lines[:i] + [line[:2] + "zz" + line[5:]] + lines[i + 1:]):
@@ -224,4 +254,6 @@ async def test_mutated_real_offers_never_500_and_leave_nothing(api):
             if r.status_code == 200:
                 assert (await http.delete(f"/api/session/{r.json()['session_id']}")).status_code == 200
     assert seen == {200, 400}
-    assert counts(svc)[:2] == (0, 0)
+    assert counts(svc)[:2] == (1, 1)  # the held session only
+    assert (await http.delete(f"/api/session/{held}")).status_code == 200
+    assert counts(svc) == (0, 0, 0, 0)  # every accepted offer gave its pipeline back

@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 
+from compat.aiortc import receive_queue
 from conftest import running_server
 from marked_frames import MarkedCamera, read_mark
 from rtc_client import connect
@@ -13,16 +14,25 @@ from test_ai_pipeline import Slow
 from test_webrtc import wait_until
 
 
-async def round_trips(viewer, camera: MarkedCamera, n: int) -> list[tuple[float, float]]:
-    """(arrival time, latency s) for each returned frame whose mark reads back."""
+async def round_trips(viewer, camera: MarkedCamera, n: int) -> list[tuple[float, float, int]]:
+    """(arrival time, latency s, index) for each returned frame whose mark reads back (each
+    index once, when first seen). Like the server, this client looks at the newest decoded frame
+    only: on a busy box it would otherwise fall behind aiortc's queue and measure its own lag."""
     track = await viewer.track()
+    queue = receive_queue(track)
     out, last = [], None
     for _ in range(n):
         frame = await track.recv()
+        while not queue.empty():
+            newer = queue.get_nowait()
+            if newer is None:  # the end of the track: leave it for the next recv
+                queue.put_nowait(None)
+                break
+            frame = newer
         now = time.monotonic()
         index = read_mark(frame.to_ndarray(format="bgr24"))
         if index is not None and index != last and index in camera.sent:
-            out.append((now, now - camera.sent[index]))
+            out.append((now, now - camera.sent[index], index))
             last = index
     return out
 
@@ -32,9 +42,13 @@ async def test_camera_round_trip_through_the_model():
         camera = MarkedCamera()
         viewer = await connect(url, send_track=camera, detections=True, model="person")
         samples = await round_trips(viewer, camera, 150)
-        assert len(samples) >= 40, len(samples)  # the marks survive the round trip
-        latencies = sorted(s for _, s in samples)
-        assert latencies[len(latencies) // 2] < 2.0  # sanity only; the figure is in doc/PERFORMANCE.md
+        # the marks survive the round trip (~100 of 150 here; 0 if they did not)
+        assert len(samples) >= 20, len(samples)
+        indices = [i for _, _, i in samples]
+        assert indices == sorted(indices), "frames came back out of order (a stale frame was shown)"
+        # No latency bound here: nothing slower than the camera, so no failure a bound would
+        # catch with a 5x margin. Latency under a slow model is the next test; figures are in
+        # doc/PERFORMANCE.md.
         info = svc.sessions.get(viewer.session_id)
         assert info.mode == "camera" and info.source.startswith("camera-") and info.model == "person"
         assert await wait_until(lambda: len(viewer.messages) >= 10, 10)
@@ -49,13 +63,15 @@ async def test_camera_latency_stays_flat_when_the_model_is_slower_than_the_camer
         svc.models.register("slow", "test", Slow)  # 0.5 s per frame against a 30 fps camera
         camera = MarkedCamera()
         viewer = await connect(url, send_track=camera, model="slow")
-        samples = await round_trips(viewer, camera, 240)  # about 8 s
+        samples = await round_trips(viewer, camera, 240)  # about 8 s, ~15 samples
         assert len(samples) >= 8, len(samples)
-        half = len(samples) // 2
-        first = statistics.median(s for _, s in samples[:half])
-        second = statistics.median(s for _, s in samples[half:])
-        # A queue would add ~0.5 s of latency per second here (≈ +3 s between the halves).
-        assert second - first < 1.0, (first, second)
+        quarter = len(samples) // 4
+        first = statistics.median(s for _, s, _ in samples[:quarter])
+        last = statistics.median(s for _, s, _ in samples[-quarter:])
+        # A queue would add at least ~0.5 s of latency per second here: about +3 s between the
+        # first and last quarters (~6 s apart). 0.6 s is 5x below that; newest-wins keeps the
+        # latency at ~0.6 s throughout (the quarters differ by a few hundredths).
+        assert last - first < 0.6, (first, last, samples)
         session = svc.sessions.get(viewer.session_id)
         (pipe,) = [p for p in svc.hub.stats()["pipelines"] if p["source"] == session.source]
         assert pipe["frames_skipped"] > 50  # stale camera frames skipped, not queued

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from config import IceServer, InvalidSettings, load_settings
-from conftest import ROOT
+from config import IceServer, load_settings
+from conftest import ROOT, startup_error
 from webrtc.ice import rtc_configuration
 
 
@@ -50,13 +50,8 @@ def test_empty_stun_means_no_stun():
     ("MAX_SESSIONS", "0"),
     ("DEFAULT_MODEL", "yolo9000"),
 ])
-def test_invalid_value_stops_startup_with_one_line(name, value):
-    env = {**os.environ, name: value}
-    proc = subprocess.run([sys.executable, "main.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert name in lines[0]
+def test_invalid_value_stops_startup_with_one_line(monkeypatch, name, value):
+    assert name in startup_error(monkeypatch, **{name: value})
 
 
 def test_ice_host_address_must_belong_to_this_host():
@@ -73,7 +68,17 @@ def test_host_addresses_are_offered_as_configured():
     assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["127.0.0.1"]
 
 
-def test_a_wrong_setting_never_echoes_credentials():
+def test_a_wrong_setting_never_echoes_credentials(monkeypatch):
+    turn = '[{"urls": "http://x", "username": "u", "credential": "T0PSECRET"}]'
+    message = startup_error(monkeypatch, TURN_SERVERS=turn)
+    assert "TURN_SERVERS" in message and "T0PSECRET" not in message
+
+
+def test_python_main_with_a_wrong_setting_exits_with_one_line_on_stderr():
+    """The one real start-up: how the line reaches the user (the cases above run in-process)."""
     env = {**os.environ, "TURN_SERVERS": '[{"urls": "http://x", "username": "u", "credential": "T0PSECRET"}]'}
     proc = subprocess.run([sys.executable, "main.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0 and "TURN_SERVERS" in proc.stderr and "T0PSECRET" not in proc.stderr
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "TURN_SERVERS" in lines[0], proc.stderr
+    assert "T0PSECRET" not in proc.stderr + proc.stdout

@@ -49,9 +49,11 @@ class Gate:
     def __init__(self) -> None:
         self.seen: list[int] = []
         self.go = threading.Semaphore(0)
+        self.entered = threading.Event()  # a frame is inside process()
         self.thread_ids: set[int] = set()
 
     def process(self, frame):
+        self.entered.set()
         self.go.acquire()
         self.seen.append(int(frame[0, 0, 0]))
         self.thread_ids.add(threading.get_ident())
@@ -64,12 +66,12 @@ def test_stage_processes_only_the_newest_frame_and_counts_the_skipped():
     stage.worker.start()
     try:
         frames.put(Captured(1, time.time(), np.full((H, W, 3), 1, np.uint8)))
-        assert wait_for(lambda: frames.waiting == 0 and gate.go._value == 0 and stage._seen == 1)
-        for i in range(2, 7):  # five frames arrive while the model is busy with the first
+        assert gate.entered.wait(20)  # the model is busy with frame 1
+        for i in range(2, 7):  # five frames arrive meanwhile
             frames.put(Captured(i, time.time(), np.full((H, W, 3), i, np.uint8)))
         gate.go.release()
         gate.go.release()
-        assert wait_for(lambda: stage.frames_processed == 2)
+        assert wait_for(lambda: stage.frames_processed == 2 and len(results) == 2)
         assert gate.seen == [1, 6], "stale frames must be skipped, not queued"
         assert stage.frames_skipped == 4
         assert [r.frame_id for r in results] == [1, 6] and stage.results.peek()[1].frame_id == 6

@@ -4,12 +4,53 @@ PLI honoured by the shared encoder; and the per-viewer mode for comparison."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
 from conftest import running_server
 from rtc_client import EncodedLog, connect, is_keyframe
 from test_webrtc import wait_until
+
+
+class SenderEncoders:
+    """Records aiortc's own per-sender encoders (`aiortc.rtcrtpsender.get_encoder`, the name the
+    sender calls): how often each one encoded a frame and packed a pre-encoded packet. aiortc
+    makes one per sending track either way; in shared mode it must only ever pack."""
+
+    def __init__(self, monkeypatch) -> None:
+        import aiortc.rtcrtpsender as sender_module
+
+        original = sender_module.get_encoder
+        self.encoders: list[dict] = []
+        self._lock = threading.Lock()
+        log = self
+
+        def get_encoder(codec):
+            inner = original(codec)
+            counts = {"codec": codec.mimeType.lower(), "encode": 0, "pack": 0}
+            with log._lock:
+                log.encoders.append(counts)
+            encode, pack = inner.encode, inner.pack
+
+            def counting_encode(*args, **kwargs):  # aiortc calls it in an executor thread
+                with log._lock:
+                    counts["encode"] += 1
+                return encode(*args, **kwargs)
+
+            def counting_pack(*args, **kwargs):
+                with log._lock:
+                    counts["pack"] += 1
+                return pack(*args, **kwargs)
+
+            inner.encode, inner.pack = counting_encode, counting_pack
+            return inner
+
+        monkeypatch.setattr(sender_module, "get_encoder", get_encoder)
+
+    def total(self, what: str) -> int:
+        with self._lock:
+            return sum(c[what] for c in self.encoders)
 
 
 def contiguous_in(needle: list[bytes], haystack: list[bytes]) -> bool:
@@ -22,6 +63,7 @@ def contiguous_in(needle: list[bytes], haystack: list[bytes]) -> bool:
 @pytest.mark.parametrize("codec", ["vp8", "h264"])
 async def test_viewers_get_identical_encoded_frames_and_late_joiners_start_on_a_keyframe(monkeypatch, codec):
     log = EncodedLog().install(monkeypatch)
+    senders = SenderEncoders(monkeypatch)
     async with running_server(KEYFRAME_INTERVAL=60) as (url, svc):  # no periodic keyframes in the way
         a = await connect(url, codec=codec)
         await a.receive(45)
@@ -39,8 +81,10 @@ async def test_viewers_get_identical_encoded_frames_and_late_joiners_start_on_a_
         assert len(data_b) >= 60
         # after depacketising, b's frames are exactly the frames a received at the same time
         assert contiguous_in(data_b[:60], data_a), "viewers did not get identical encoded frames"
-        # each tick was encoded once, not once per viewer
-        assert encoder["frames"] <= pipe["ticks"]
+        # encoded once for both: aiortc's per-viewer encoders only packed the shared packets
+        assert senders.total("encode") == 0, senders.encoders
+        assert senders.total("pack") >= len(data_a) + len(data_b), senders.encoders  # the counter is in the path
+        assert len(senders.encoders) == 2 and all(c["codec"] == f"video/{codec}" for c in senders.encoders)
         for v in (a, b):
             session = svc.sessions.get(v.session_id)
             assert session.track.codec == codec
@@ -67,6 +111,7 @@ async def test_a_viewers_pli_makes_the_shared_encoder_emit_a_keyframe(monkeypatc
 
 async def test_per_viewer_encode_mode_still_works(monkeypatch):
     log = EncodedLog().install(monkeypatch)
+    senders = SenderEncoders(monkeypatch)
     async with running_server(ENCODE_MODE="per_viewer") as (url, svc):
         a = await connect(url)
         b = await connect(url)
@@ -76,5 +121,7 @@ async def test_per_viewer_encode_mode_still_works(monkeypatch):
         assert pipe["encoders"] == [] and pipe["viewers"] == 2
         assert svc.sessions.get(a.session_id).track.codec is None
         assert log.of(a) and log.of(b)
+        # here aiortc encodes for each viewer (and the shared-mode check above can see it)
+        assert len(senders.encoders) == 2 and all(c["encode"] >= 40 for c in senders.encoders), senders.encoders
         for v in (a, b):
             await v.close()
