@@ -231,7 +231,8 @@ def _add_root_routes(app: FastAPI) -> None:
                     "turn_servers": [{"urls": t.urls} for t in s.TURN_SERVERS],  # no credentials here
                     "ice_host_addresses": s.ICE_HOST_ADDRESSES},
             sessions={"active": len(sessions.sessions), "peer_connections": len(sessions.peer_connections),
-                      "max": s.MAX_SESSIONS, "closed": sessions.closed_reasons},
+                      "max": s.MAX_SESSIONS, "closed": sessions.closed_reasons,
+                      "internal_errors": services.internal_errors},
             pipelines=services.hub.stats())
 
 

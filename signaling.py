@@ -7,6 +7,7 @@ made, so a refused offer leaves nothing behind.
 from __future__ import annotations
 
 import logging
+from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Literal, Optional
 
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import HubDep, ServicesDep, SessionsDep
 from api.errors import ApiError, error_responses
 from api.offers import choose_model, choose_source
-from webrtc.answer import answer_offer
+from webrtc.answer import CameraLimits, NegotiationError, answer_offer
 from webrtc.ice import rtc_configuration
 from webrtc.sdp import OfferError, check_offer
 from webrtc.sessions import Session
@@ -150,24 +151,29 @@ async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions
         raise ApiError(503, "The server is full; try again later.", "server_full", headers={"Retry-After": "5"})
     settings = services.settings
     session_id = sessions.new_id()
-    pc = RTCPeerConnection(configuration=rtc_configuration(settings.ice_servers))
-    sessions.track_pc(pc)
     try:
-        answered = await answer_offer(
-            pc, body.sdp, mode, spec, session_id,
-            acquire=lambda s, factory: hub.acquire(s, model, notice, source_factory=factory),
-            release=hub.release, camera_fps=settings.TARGET_FPS, shared_encode=settings.ENCODE_MODE == "shared")
-    except Exception as exc:
-        await sessions.discard_pc(pc)
-        # The offer passed check_offer, so what is left is aiortc refusing some detail of it.
-        log.warning("offer could not be answered: %r", exc)
-        raise ApiError(400, f"The offer could not be answered: {exc or type(exc).__name__}.", "bad_offer") from None
+        async with AsyncExitStack() as undo:  # what the offer acquired is released on every way out
+            pc = RTCPeerConnection(configuration=rtc_configuration(settings.ice_servers))
+            sessions.track_pc(pc)
+            undo.push_async_callback(sessions.discard_pc, pc)
+            try:
+                answered = await answer_offer(
+                    pc, body.sdp, mode, spec, session_id,
+                    acquire=lambda s, factory: hub.acquire(s, model, notice, source_factory=factory),
+                    release=hub.release, camera_fps=settings.TARGET_FPS,
+                    shared_encode=settings.ENCODE_MODE == "shared",
+                    limits=CameraLimits(settings.CAMERA_MAX_WIDTH, settings.CAMERA_MAX_HEIGHT,
+                                        settings.CAMERA_MAX_FPS))
+            except (NegotiationError, OfferError) as exc:
+                log.warning("offer could not be answered: %s", exc)
+                raise ApiError(400, f"The offer could not be answered: {exc}", "bad_offer") from None
+            undo.pop_all()  # answered: the session owns the peer connection now
     finally:
         sessions.unreserve()
     if answered.camera is not None:
         answered.camera.start()
     session = Session(id=session_id, pc=pc, source=answered.spec.name, model=model.name, mode=mode,
-                      track=answered.track, camera=answered.camera)
+                      track=answered.track, camera=answered.camera, gate=answered.gate)
     sessions.add(session)
 
     @pc.on("datachannel")

@@ -27,6 +27,7 @@ class Services:
     sessions: SessionManager
     default_model: str  # DEFAULT_MODEL, or `none` once it failed to load
     model_notice: str = ""  # drawn on the video when the default model fell back
+    internal_errors: int = 0  # requests answered 500 (each logged with its traceback)
 
 
 def get_services(request: Request) -> Services:

@@ -7,6 +7,8 @@ A session is closed and forgotten when
   aiortc has no `disconnected` state: a peer that vanishes is otherwise noticed only when
   ICE consent expires (about 30 s). Every live peer sends RTCP receiver reports about once
   a second, so a transport whose received-packet count stops moving means a gone peer.
+- in camera mode, its client keeps sending frames beyond CAMERA_MAX_WIDTH/HEIGHT/FPS
+  (`webrtc.limits`: frames refused for size or rate in several consecutive seconds);
 - a client deletes it, or the app shuts down.
 """
 
@@ -24,6 +26,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 
 from ai_stream import AIProcessedStream
 from sources.track import TrackSource
+from webrtc.limits import DecodeGate, StrikeWatch
 
 log = logging.getLogger("visionguard.sessions")
 
@@ -48,6 +51,12 @@ class Session:
     channel: Optional[RTCDataChannel] = None
     messages_sent: int = 0
     messages_skipped: int = 0
+    gate: Optional[DecodeGate] = None  # camera mode: what the client may make us decode
+    strikes: Optional[StrikeWatch] = None
+
+    def __post_init__(self) -> None:
+        if self.gate is not None:
+            self.strikes = StrikeWatch(self.gate)
 
     def attach_channel(self, channel: RTCDataChannel) -> None:
         """Send every processing result of this session's pipeline on `channel`."""
@@ -164,6 +173,11 @@ class SessionManager:
             if state != "connected":
                 if now - session.created_mono > self.connect_timeout:
                     await self.close(session.id, reason="connect-timeout")
+                continue
+            if session.strikes is not None and session.strikes.exceeded():
+                log.warning("session %s: its camera exceeds the limits (%s)", session.id,
+                            session.gate.last_violation)
+                await self.close(session.id, reason="camera-limits")
                 continue
             received = await _packets_received(session.pc)
             if received != session.rx_packets:
