@@ -214,6 +214,7 @@ def _add_root_routes(app: FastAPI) -> None:
         for cap in services.hub.stats()["captures"]:
             if cap["state"] in ("reconnecting", "failed"):
                 problems.append(f"Source {cap['source']} is {cap['state']}: {cap['last_error']}")
+        problems += services.hub.problems()
         return HealthResponse(
             status="degraded" if problems else "healthy", service=APP_NAME, version=APP_VERSION,
             video_available=_video_available(services.hub, spec), source=_source_status(spec),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import weakref
 from typing import Callable, Optional
 
 import aioice.ice
@@ -70,20 +71,50 @@ def install_decode_gate(receiver: RTCRtpReceiver, gate) -> None:
     place of aiortc's unbounded queue; call before the receiver starts (before ICE connects).
 
     Stopping the decoder then closes the gate (pending frames are dropped) and does not wait for
-    the thread: it ends after the one frame it may be decoding, off the event loop."""
+    the thread: it ends after the one frame it may be decoding, off the event loop. The hooks
+    hold the receiver weakly, so they add no reference cycle."""
     receiver._RTCRtpReceiver__decoder_queue = gate
+    ref = weakref.ref(receiver)
 
     def stop_decoder() -> None:
-        if receiver._RTCRtpReceiver__decoder_thread is not None:
+        owner = ref()
+        if owner is not None and owner._RTCRtpReceiver__decoder_thread is not None:
             gate.close()
-            receiver._RTCRtpReceiver__decoder_thread = None
+            owner._RTCRtpReceiver__decoder_thread = None
 
     receiver._RTCRtpReceiver__stop_decoder = stop_decoder
 
 
-def request_picture(receiver: RTCRtpReceiver) -> None:
-    """Make the receiver send a PLI with the next packet (what it does after a decode error)."""
-    receiver._RTCRtpReceiver__decoder_error.set()
+def picture_requester(receiver: RTCRtpReceiver) -> Callable[[], None]:
+    """A callable that makes the receiver send a PLI with its next packet (what aiortc does
+    after a decode error); it holds the receiver weakly."""
+    ref = weakref.ref(receiver)
+
+    def request() -> None:
+        owner = ref()
+        if owner is not None:
+            owner._RTCRtpReceiver__decoder_error.set()
+
+    return request
+
+
+def break_cycles(pc) -> None:
+    """After `pc.close()`: drop the event handlers that tie a closed peer connection, its
+    transports and tracks into reference cycles, so its memory (and the frames its tracks
+    hold) is freed when the session ends rather than at Python's next full collection."""
+    emitters = {pc}
+    for transceiver in pc.getTransceivers():
+        for part in (transceiver.sender, transceiver.receiver):
+            dtls = part.transport
+            if dtls is not None:
+                emitters |= {dtls, dtls.transport}
+        emitters |= {t for t in (transceiver.sender.track, transceiver.receiver.track) if t is not None}
+    if pc.sctp is not None:
+        emitters |= {pc.sctp, pc.sctp.transport, pc.sctp.transport.transport}
+    for emitter in emitters:
+        remove = getattr(emitter, "remove_all_listeners", None)
+        if remove is not None:
+            remove()
 
 
 # -- the self-check -------------------------------------------------------------------------

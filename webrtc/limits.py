@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from compat.aiortc import install_decode_gate, request_picture
+from compat.aiortc import install_decode_gate, picture_requester
 from webrtc.bitstream import h264_access_unit, vp8_keyframe_size
 
 BACKLOG_FRAMES = 4  # frames waiting for the decoder thread; the decoder keeps up with far less
@@ -157,7 +157,7 @@ def guard_receivers(pc, max_width: int, max_height: int, max_fps: float) -> list
     for transceiver in pc.getTransceivers():
         if transceiver.kind == "video":
             receiver = transceiver.receiver
-            gate = DecodeGate(max_width, max_height, max_fps, lambda r=receiver: request_picture(r))
+            gate = DecodeGate(max_width, max_height, max_fps, picture_requester(receiver))
             install_decode_gate(receiver, gate)
             gates.append(gate)
     return gates

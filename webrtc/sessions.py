@@ -25,6 +25,7 @@ from typing import Optional
 from aiortc import RTCDataChannel, RTCPeerConnection
 
 from ai_stream import AIProcessedStream
+from compat.aiortc import break_cycles
 from sources.track import TrackSource
 from webrtc.limits import DecodeGate, StrikeWatch
 
@@ -69,6 +70,12 @@ class Session:
     def detach_channel(self) -> None:
         if self.track is not None:
             self.track.pipeline.remove_listener(self._send_result)
+
+    def forget(self) -> None:
+        """After close: drop what ties the session's objects into reference cycles."""
+        if self.channel is not None:
+            self.channel.remove_all_listeners()
+        self.channel = self.track = self.camera = self.gate = self.strikes = None
 
     def _send_result(self, result) -> None:
         channel = self.channel
@@ -117,6 +124,7 @@ class SessionManager:
             await pc.close()
         except Exception:  # aiortc can trip over a half-built connection; it is gone either way
             log.debug("closing a peer connection failed", exc_info=True)
+        break_cycles(pc)
 
     # -- registration ---------------------------------------------------------
     def add(self, session: Session) -> None:
@@ -144,6 +152,7 @@ class SessionManager:
         if session.track is not None:
             await session.track.release()
         await self.discard_pc(session.pc)
+        session.forget()
         return True
 
     async def close_all(self) -> None:
