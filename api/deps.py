@@ -34,6 +34,13 @@ def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
+def count_internal_error(request: Request) -> None:
+    """A request was answered 500 (for /info); works before the app has its services too."""
+    services = getattr(request.app.state, "services", None)
+    if services is not None:
+        services.internal_errors += 1
+
+
 def _settings(request: Request) -> Settings:
     return get_services(request).settings
 

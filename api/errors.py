@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from api.deps import count_internal_error
 from core.redact import clip
 
 log = logging.getLogger("visionguard")
@@ -90,6 +91,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", clip(request.method, 20), clip(request.url.path))
+        count_internal_error(request)
         return JSONResponse(error_body(500, "Internal server error; see the server log."), status_code=500)
 
 

@@ -329,11 +329,9 @@ async def test_hostile_sdp_is_bounded(server):
     await viewer.still_streaming()
 
 
-@pytest.mark.xfail(strict=True, reason="needs MAX_MEDIA_SECTIONS / MAX_CANDIDATES in webrtc.sdp.check_offer "
-                   "(not in this change: see the issue-10 report); remove this mark with that change")
 async def test_offers_with_hundreds_of_sections_or_candidates_are_refused(server):
-    """Today these fit under MAX_BODY_BYTES and are answered: 400 sections without BUNDLE open
-    400 transports (sockets, ICE, DTLS) for one offer; 700 candidates make ICE check 700 addresses."""
+    """These fit under MAX_BODY_BYTES: unrefused, 400 sections without BUNDLE would open 400
+    transports (sockets, ICE, DTLS) for one offer, and 700 candidates make ICE check 700 addresses."""
     http, svc, viewer, before = server
     sdp = await client_offer_sdp()
     cases = {"sections": many_sections(sdp, 400, bundle=False), "sections ": many_sections(sdp, 400, bundle=True),
