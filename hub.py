@@ -14,6 +14,7 @@ import logging
 import threading
 from typing import Callable, Optional
 
+from core.memory import trim_heap
 from core.workers import Worker
 from detectors import ModelEntry
 from model import AIProcessor, EncodeSettings
@@ -178,3 +179,4 @@ def _capture_stats(c: Capture, users: int) -> dict:
 def _stop_all(items: list) -> None:
     for item in items:
         item.stop()
+    trim_heap()  # the stopped stages' frames are free now: give the pages back

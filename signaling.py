@@ -48,8 +48,9 @@ class OfferRequest(BaseModel):
     sdp: str = Field(description="The client's SDP offer (from `RTCPeerConnection.createOffer`).")
     type: str = Field(description='Must be "offer".')
     video_path: Optional[str] = Field(
-        None, description="A video file inside the server's MEDIA_DIR, relative to it. "
-        "Absolute paths, '..', URLs and symlinks leaving MEDIA_DIR are refused.")
+        None, description="A video file inside the server's MEDIA_DIR, relative to it (at most 1024 "
+        "characters). Absolute paths, '..', URLs and symlinks leaving MEDIA_DIR are refused; the file "
+        "is read as a plain video container (playlists and concat lists are refused).")
     source: Optional[str] = Field(None, description='A configured source name (e.g. "default"). '
                                   "Not together with video_path.")
     model: Optional[str] = Field(None, description="A model name from `/api/models` (default: DEFAULT_MODEL).")
@@ -129,7 +130,8 @@ async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions
     The first `m=video` section decides the mode: `recvonly` means **view** (the server sends
     the source's processed video); `sendrecv` or `sendonly` means **camera** (the server runs the
     model on the client's own video and sends the result back on the same connection; give no
-    `source` or `video_path`). Audio sections are answered inactive. If the client opened a
+    `source` or `video_path`). Every other audio or video section is answered inactive; an offer
+    has at most 16 media sections and 64 ICE candidates a section. If the client opened a
     DataChannel labelled `detections` before its offer, it receives one JSON message per
     processing result on it.
     """

@@ -4,8 +4,8 @@ Each cycle connects one viewer (every fourth in camera mode with a synthetic cam
 few frames, then ends it one of three ways in turn: DELETE, the client closing its peer
 connection, or the client vanishing without a word (its sockets close; the server notices by
 RTCP silence, PEER_INACTIVITY_TIMEOUT=2). It reports the server's RSS, threads, file descriptors,
-peer connections and pipelines at the start, after the warm-up cycles and at the end (after
-every session has ended), and the RSS growth after warm-up.
+peer connections and pipelines at the start and every 100 cycles, each time after every session
+has ended (vanished peers reaped), and the RSS growth from the end of the warm-up to the end.
 
     .venv/bin/python bench/churn_soak.py --cycles 1000 --warmup 100     # figures in doc/RELIABILITY.md
 """
@@ -84,6 +84,7 @@ async def run(cycles: int, warmup: int) -> dict:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             start = await figures(http, proc.pid)
             after_warmup = None
+            checkpoints = []
             t0 = time.monotonic()
             failures = 0
             for i in range(cycles):
@@ -92,15 +93,17 @@ async def run(cycles: int, warmup: int) -> dict:
                 except Exception as exc:  # counted, never hidden
                     failures += 1
                     print(f"cycle {i}: {exc!r}", file=sys.stderr)
-                if i + 1 == warmup:
-                    after_warmup = await settle(http, proc.pid)
-                if (i + 1) % 100 == 0:
-                    print(f"{i + 1} cycles, {time.monotonic() - t0:.0f} s: {await figures(http, proc.pid)}",
-                          file=sys.stderr, flush=True)
+                if (i + 1) % 100 == 0 or i + 1 == warmup:
+                    settled = await settle(http, proc.pid)
+                    checkpoints.append({"cycles": i + 1, **settled})
+                    if i + 1 == warmup:
+                        after_warmup = settled
+                    print(f"{i + 1} cycles, {time.monotonic() - t0:.0f} s: {settled}", file=sys.stderr, flush=True)
             end = await settle(http, proc.pid)
             reasons = (await http.get("/info")).json()["sessions"]["closed"]
     return {"cycles": cycles, "warmup": warmup, "failures": failures, "seconds": round(time.monotonic() - t0),
             "start": start, "after_warmup": after_warmup, "end": end, "closed": reasons,
+            "rss_mb_every_100": [c["rss_mb"] for c in checkpoints],
             "rss_growth_after_warmup_mb": round(end["rss_mb"] - after_warmup["rss_mb"], 1)}
 
 
