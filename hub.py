@@ -1,6 +1,11 @@
 """`PipelineHub`: one capture per source and one `AIProcessor` per (source, model), shared
-by every viewer, started by the first and stopped by the last. A watchdog thread restarts
-any pipeline thread that died."""
+by every viewer, started by the first and stopped by the last.
+
+A watchdog thread (like Frigate's) restarts any pipeline thread that died, and a process or
+clock thread stuck in one step for `STAGE_STUCK_S` (a hung model or encoder); restarts are
+rate-limited per thread (`core.workers`), and a thread that keeps failing shows in /health.
+A source that is started again right after its last viewer left waits until the previous
+capture has released it (a V4L2 camera cannot be opened twice)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import logging
 import threading
 from typing import Callable, Optional
 
+from core.memory import trim_heap
 from core.workers import Worker
 from detectors import ModelEntry
 from model import AIProcessor, EncodeSettings
@@ -16,6 +22,8 @@ from sources import FrameSource, SourceSpec, open_source
 from sources.capture import Capture
 
 log = logging.getLogger("visionguard.hub")
+
+STAGE_STUCK_S = 30.0  # far above any model's time per frame; captures have their own read timeouts
 
 
 class PipelineHub:
@@ -26,6 +34,7 @@ class PipelineHub:
         self.open_timeout, self.read_timeout, self.retry_max_s = open_timeout, read_timeout, retry_max_s
         self._captures: dict[str, Capture] = {}
         self._capture_users: dict[str, int] = {}
+        self._retiring: dict[str, Capture] = {}  # captures being stopped, until their thread has ended
         self._pipelines: dict[tuple[str, str], AIProcessor] = {}
         self._lock = threading.Lock()  # the watchdog and stats read while the loop mutates
         self._watchdog: Optional[Worker] = None
@@ -44,8 +53,9 @@ class PipelineHub:
             if pipeline is None:
                 capture = self._captures.get(spec.name)
                 if capture is None:
+                    previous = self._retiring.get(spec.name)
                     capture = Capture(spec, source_factory or self._opener(spec), self.width, self.height,
-                                      self.fps, self.retry_max_s)
+                                      self.fps, self.retry_max_s, after=previous.released if previous else None)
                     capture.start()
                     self._captures[spec.name] = capture
                     self._capture_users[spec.name] = 0
@@ -53,6 +63,8 @@ class PipelineHub:
                 self._capture_users[spec.name] += 1
                 pipeline = AIProcessor(capture, model.instance, model.name, self.fps, notice, model.record,
                                        self.encode)
+                for worker in pipeline.workers:
+                    worker.stuck_after = STAGE_STUCK_S
                 pipeline.start(loop)
                 self._pipelines[(spec.name, model.name)] = pipeline
                 self.pipelines_started += 1
@@ -81,11 +93,18 @@ class PipelineHub:
             del self._pipelines[key]
             to_stop.append(pipeline)
             self._capture_users[pipeline.source] -= 1
+            retired = None
             if self._capture_users[pipeline.source] == 0:
-                to_stop.append(self._captures.pop(pipeline.source))
+                retired = self._captures.pop(pipeline.source)
+                self._retiring[pipeline.source] = retired
+                to_stop.append(retired)
                 del self._capture_users[pipeline.source]
         # joining threads blocks: keep it off the event loop
         await asyncio.to_thread(_stop_all, to_stop)
+        if retired is not None:
+            with self._lock:
+                if self._retiring.get(pipeline.source) is retired and retired.released.is_set():
+                    del self._retiring[pipeline.source]
         log.info("pipeline %s/%s stopped", pipeline.source, pipeline.model)
 
     # -- shutdown (blocking) --------------------------------------------------
@@ -115,6 +134,14 @@ class PipelineHub:
         watchdog = self._watchdog  # None once stop_all has begun
         if watchdog is not None:
             watchdog.stop_event.wait(0.5)
+
+    def problems(self) -> list[str]:
+        """Threads the watchdog has given up restarting for now (for /health)."""
+        with self._lock:
+            workers = [w for p in self._pipelines.values() for w in p.workers]
+            workers += [c.worker for c in self._captures.values()]
+        return [f"Thread {w.name} keeps failing ({w.restarts} restarts; last: {w.last_error})"
+                for w in workers if w.flapping]
 
     # -- stats ----------------------------------------------------------------
     def capture_for(self, source: str) -> Optional[Capture]:
@@ -152,3 +179,4 @@ def _capture_stats(c: Capture, users: int) -> dict:
 def _stop_all(items: list) -> None:
     for item in items:
         item.stop()
+    trim_heap()  # the stopped stages' frames are free now: give the pages back

@@ -26,6 +26,8 @@ from api.deps import Services, ServicesDep
 from api.errors import install_error_handlers
 from api.middleware import BodySizeLimit
 from compat.aiortc import self_check
+from compat.uvicorn import install as limit_connections
+from compat.uvicorn import self_check as check_uvicorn
 from config import APP_NAME, APP_VERSION, InvalidSettings, Settings, get_settings, load_settings
 from core.redact import install_log_redaction
 from detectors import ModelLoadError, ModelRegistry
@@ -94,6 +96,7 @@ class InfoResponse(BaseModel):
 def create_app(settings: Optional[Settings] = None) -> FastAPI:
     """Build the app (`uvicorn main:create_app --factory`). Nothing starts until its lifespan."""
     self_check()  # aiortc's internals we rely on are there, or start-up stops with one line
+    check_uvicorn()  # so are uvicorn's (the connection limits below)
     settings = settings or get_settings()
     cv2.setNumThreads(settings.CV2_THREADS)  # OpenCV's own pool would fight the pipeline threads
     services = build_services(settings)
@@ -108,10 +111,13 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         await load_default_model(services)
         services.sessions.start()
         await start_always_on(services)
+        # on the uvicorn server running this app, however it was started (doc/SECURITY.md)
+        connections = limit_connections(settings.HEADER_TIMEOUT_S, settings.MAX_CONNECTIONS_PER_IP)
         print_banner(settings, services.sources["default"])
         yield
         await services.sessions.close_all()
         await asyncio.to_thread(services.hub.stop_all)
+        connections.uninstall()
         log.info("shut down: every session closed, every pipeline stopped")
 
     app = FastAPI(
@@ -214,6 +220,7 @@ def _add_root_routes(app: FastAPI) -> None:
         for cap in services.hub.stats()["captures"]:
             if cap["state"] in ("reconnecting", "failed"):
                 problems.append(f"Source {cap['source']} is {cap['state']}: {cap['last_error']}")
+        problems += services.hub.problems()
         return HealthResponse(
             status="degraded" if problems else "healthy", service=APP_NAME, version=APP_VERSION,
             video_available=_video_available(services.hub, spec), source=_source_status(spec),
@@ -231,7 +238,8 @@ def _add_root_routes(app: FastAPI) -> None:
                     "turn_servers": [{"urls": t.urls} for t in s.TURN_SERVERS],  # no credentials here
                     "ice_host_addresses": s.ICE_HOST_ADDRESSES},
             sessions={"active": len(sessions.sessions), "peer_connections": len(sessions.peer_connections),
-                      "max": s.MAX_SESSIONS, "closed": sessions.closed_reasons},
+                      "max": s.MAX_SESSIONS, "closed": sessions.closed_reasons,
+                      "internal_errors": services.internal_errors},
             pipelines=services.hub.stats())
 
 

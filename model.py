@@ -61,6 +61,7 @@ class AIProcessor:
     def stop(self) -> None:
         """Stop and join the threads (blocking: call it off the event loop)."""
         self.stage.worker.stop()
+        self.fanout.stop()
         self.ticker.stop()
 
     @property

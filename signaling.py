@@ -7,6 +7,7 @@ made, so a refused offer leaves nothing behind.
 from __future__ import annotations
 
 import logging
+from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Literal, Optional
 
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import HubDep, ServicesDep, SessionsDep
 from api.errors import ApiError, error_responses
 from api.offers import choose_model, choose_source
-from webrtc.answer import answer_offer
+from webrtc.answer import CameraLimits, NegotiationError, answer_offer
 from webrtc.ice import rtc_configuration
 from webrtc.sdp import OfferError, check_offer
 from webrtc.sessions import Session
@@ -47,8 +48,9 @@ class OfferRequest(BaseModel):
     sdp: str = Field(description="The client's SDP offer (from `RTCPeerConnection.createOffer`).")
     type: str = Field(description='Must be "offer".')
     video_path: Optional[str] = Field(
-        None, description="A video file inside the server's MEDIA_DIR, relative to it. "
-        "Absolute paths, '..', URLs and symlinks leaving MEDIA_DIR are refused.")
+        None, description="A video file inside the server's MEDIA_DIR, relative to it (at most 1024 "
+        "characters). Absolute paths, '..', URLs and symlinks leaving MEDIA_DIR are refused; the file "
+        "is read as a plain video container (playlists and concat lists are refused).")
     source: Optional[str] = Field(None, description='A configured source name (e.g. "default"). '
                                   "Not together with video_path.")
     model: Optional[str] = Field(None, description="A model name from `/api/models` (default: DEFAULT_MODEL).")
@@ -128,7 +130,8 @@ async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions
     The first `m=video` section decides the mode: `recvonly` means **view** (the server sends
     the source's processed video); `sendrecv` or `sendonly` means **camera** (the server runs the
     model on the client's own video and sends the result back on the same connection; give no
-    `source` or `video_path`). Audio sections are answered inactive. If the client opened a
+    `source` or `video_path`). Every other audio or video section is answered inactive; an offer
+    has at most 16 media sections and 64 ICE candidates a section. If the client opened a
     DataChannel labelled `detections` before its offer, it receives one JSON message per
     processing result on it.
     """
@@ -150,24 +153,29 @@ async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions
         raise ApiError(503, "The server is full; try again later.", "server_full", headers={"Retry-After": "5"})
     settings = services.settings
     session_id = sessions.new_id()
-    pc = RTCPeerConnection(configuration=rtc_configuration(settings.ice_servers))
-    sessions.track_pc(pc)
     try:
-        answered = await answer_offer(
-            pc, body.sdp, mode, spec, session_id,
-            acquire=lambda s, factory: hub.acquire(s, model, notice, source_factory=factory),
-            release=hub.release, camera_fps=settings.TARGET_FPS, shared_encode=settings.ENCODE_MODE == "shared")
-    except Exception as exc:
-        await sessions.discard_pc(pc)
-        # The offer passed check_offer, so what is left is aiortc refusing some detail of it.
-        log.warning("offer could not be answered: %r", exc)
-        raise ApiError(400, f"The offer could not be answered: {exc or type(exc).__name__}.", "bad_offer") from None
+        async with AsyncExitStack() as undo:  # what the offer acquired is released on every way out
+            pc = RTCPeerConnection(configuration=rtc_configuration(settings.ice_servers))
+            sessions.track_pc(pc)
+            undo.push_async_callback(sessions.discard_pc, pc)
+            try:
+                answered = await answer_offer(
+                    pc, body.sdp, mode, spec, session_id,
+                    acquire=lambda s, factory: hub.acquire(s, model, notice, source_factory=factory),
+                    release=hub.release, camera_fps=settings.TARGET_FPS,
+                    shared_encode=settings.ENCODE_MODE == "shared",
+                    limits=CameraLimits(settings.CAMERA_MAX_WIDTH, settings.CAMERA_MAX_HEIGHT,
+                                        settings.CAMERA_MAX_FPS))
+            except (NegotiationError, OfferError) as exc:
+                log.warning("offer could not be answered: %s", exc)
+                raise ApiError(400, f"The offer could not be answered: {exc}", "bad_offer") from None
+            undo.pop_all()  # answered: the session owns the peer connection now
     finally:
         sessions.unreserve()
     if answered.camera is not None:
         answered.camera.start()
     session = Session(id=session_id, pc=pc, source=answered.spec.name, model=model.name, mode=mode,
-                      track=answered.track, camera=answered.camera)
+                      track=answered.track, camera=answered.camera, gate=answered.gate)
     sessions.add(session)
 
     @pc.on("datachannel")

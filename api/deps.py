@@ -27,10 +27,18 @@ class Services:
     sessions: SessionManager
     default_model: str  # DEFAULT_MODEL, or `none` once it failed to load
     model_notice: str = ""  # drawn on the video when the default model fell back
+    internal_errors: int = 0  # requests answered 500 (each logged with its traceback)
 
 
 def get_services(request: Request) -> Services:
     return request.app.state.services
+
+
+def count_internal_error(request: Request) -> None:
+    """A request was answered 500 (for /info); works before the app has its services too."""
+    services = getattr(request.app.state, "services", None)
+    if services is not None:
+        services.internal_errors += 1
 
 
 def _settings(request: Request) -> Settings:

@@ -1,16 +1,24 @@
 """One error shape for every route: `{"detail": "<one readable sentence>", "code": "<snake_case>"}`
-(FastAPI's list of schema errors stays the `detail` of a 422)."""
+(FastAPI's list of schema errors stays the `detail` of a 422).
+
+Whatever a client sent comes back short and JSON-safe: details are clipped, and the inputs
+echoed in a 422's list lose NaN/Infinity, lone surrogates, depth and length."""
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+import math
+from typing import Any, Optional, Union
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from api.deps import count_internal_error
+from core.redact import clip
 
 log = logging.getLogger("visionguard")
 
@@ -18,6 +26,11 @@ log = logging.getLogger("visionguard")
 DEFAULT_CODES = {400: "bad_request", 401: "invalid_token", 403: "insufficient_scope", 404: "not_found",
                  405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 422: "invalid_request",
                  500: "internal_error", 503: "unavailable"}
+
+#: the longest `detail` sentence sent (longer ones quote too much of what the client sent)
+MAX_DETAIL_CHARS = 500
+#: how much of a client's input a 422 echoes: characters of a text, items of a list, levels
+_ECHO_CHARS, _ECHO_ITEMS, _ECHO_DEPTH = 200, 20, 8
 
 
 class ApiError(HTTPException):
@@ -35,21 +48,39 @@ class ErrorResponse(BaseModel):
     code: str
 
 
+class ValidationErrorResponse(BaseModel):
+    """A 422: either a sentence (e.g. an undecodable video file) or FastAPI's list of schema errors."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"detail": "cannot decode clip.mp4: Invalid data found when processing input.", "code": "undecodable_media"},
+        {"detail": [{"type": "missing", "loc": ["body", "sdp"], "msg": "Field required", "input": {}}],
+         "code": "invalid_request"}]})
+
+    detail: Union[str, list[dict[str, Any]]] = Field(
+        description="One sentence, or for a body that does not fit the schema, FastAPI's list of errors "
+                    "({type, loc, msg, input})")
+    code: str
+
+
 def error_responses(descriptions: dict[int, str]) -> dict:
-    """OpenAPI `responses` for these statuses, each with the error shape."""
-    return {status: {"model": ErrorResponse, "description": text} for status, text in descriptions.items()}
+    """OpenAPI `responses` for these statuses, each with the error shape (a 422 may carry the list)."""
+    return {status: {"model": ValidationErrorResponse if status == 422 else ErrorResponse, "description": text}
+            for status, text in descriptions.items()}
 
 
 def error_body(status: int, detail: str, code: Optional[str] = None) -> dict:
-    return {"detail": detail, "code": code or DEFAULT_CODES.get(status, "error")}
+    return {"detail": clip(detail, MAX_DETAIL_CHARS), "code": code or DEFAULT_CODES.get(status, "error")}
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = getattr(exc, "code", None)
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
         return JSONResponse(error_body(exc.status_code, str(exc.detail), code), status_code=exc.status_code,
-                            headers=exc.headers)
+                            headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -59,8 +90,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s %s", clip(request.method, 20), clip(request.url.path))
+        count_internal_error(request)
         return JSONResponse(error_body(500, "Internal server error; see the server log."), status_code=500)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method of every route at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(route_methods)
+    return ", ".join(sorted(methods))
 
 
 def _jsonable_errors(errors) -> list:
@@ -68,7 +110,30 @@ def _jsonable_errors(errors) -> list:
     for e in errors:
         e = dict(e)
         e.pop("ctx", None)  # may hold exception objects
-        if isinstance(e.get("input"), (bytes, bytearray)):
-            e["input"] = e["input"][:200].decode("utf-8", "replace")
+        if "input" in e:
+            e["input"] = _echo(e["input"])
+        if "msg" in e:
+            e["msg"] = clip(str(e["msg"]), MAX_DETAIL_CHARS)
+        if "loc" in e:
+            e["loc"] = [x if isinstance(x, int) else clip(str(x), 100) for x in e["loc"]]
         out.append(e)
     return out
+
+
+def _echo(value: Any, depth: int = 0) -> Any:
+    """A client's input as JSON can carry it: short, finite, encodable, shallow."""
+    if value is None or isinstance(value, (bool, int)):
+        return value if not isinstance(value, int) or abs(value) < 2 ** 63 else clip(str(value), 40)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)  # NaN and Infinity are not JSON
+    if isinstance(value, str):
+        return clip(value, _ECHO_CHARS)
+    if isinstance(value, (bytes, bytearray)):
+        return clip(bytes(value[:_ECHO_CHARS * 4]).decode("utf-8", "replace"), _ECHO_CHARS)
+    if depth >= _ECHO_DEPTH:
+        return "…"
+    if isinstance(value, dict):
+        return {clip(str(k), 100): _echo(v, depth + 1) for k, v in list(value.items())[:_ECHO_ITEMS]}
+    if isinstance(value, (list, tuple)):
+        return [_echo(v, depth + 1) for v in value[:_ECHO_ITEMS]]
+    return clip(repr(value), _ECHO_CHARS)

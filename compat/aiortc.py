@@ -12,17 +12,23 @@ renamed `_send_keyframe` would leave viewers frozen until the next periodic keyf
   option to choose; we replace the lookup process-wide (`use_host_addresses`).
 - `RemoteStreamTrack._queue`: the unbounded queue aiortc's decoder fills; camera mode drains it
   down to the newest frame (`receive_queue`).
+- `RTCRtpReceiver.__decoder_queue`, `__stop_decoder`, `__decoder_error`: the unbounded queue in
+  front of aiortc's decoder thread is replaced by a bounded gate, stopping the decoder no longer
+  joins its thread on the event loop, and a gate that dropped frames can ask for a keyframe
+  (`install_decode_gate`, `request_picture`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import weakref
 from typing import Callable, Optional
 
 import aioice.ice
 import aiortc
-from aiortc import RTCRtpSender
+import aiortc.rtcrtpreceiver
+from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
 PINNED = "aiortc==1.16.0"
@@ -60,6 +66,57 @@ def receive_queue(track) -> asyncio.Queue:
     return track._queue
 
 
+def install_decode_gate(receiver: RTCRtpReceiver, gate) -> None:
+    """Put `gate` (with `put`, `get` and `close`) in front of the receiver's decoder thread, in
+    place of aiortc's unbounded queue; call before the receiver starts (before ICE connects).
+
+    Stopping the decoder then closes the gate (pending frames are dropped) and does not wait for
+    the thread: it ends after the one frame it may be decoding, off the event loop. The hooks
+    hold the receiver weakly, so they add no reference cycle."""
+    receiver._RTCRtpReceiver__decoder_queue = gate
+    ref = weakref.ref(receiver)
+
+    def stop_decoder() -> None:
+        owner = ref()
+        if owner is not None and owner._RTCRtpReceiver__decoder_thread is not None:
+            gate.close()
+            owner._RTCRtpReceiver__decoder_thread = None
+
+    receiver._RTCRtpReceiver__stop_decoder = stop_decoder
+
+
+def picture_requester(receiver: RTCRtpReceiver) -> Callable[[], None]:
+    """A callable that makes the receiver send a PLI with its next packet (what aiortc does
+    after a decode error); it holds the receiver weakly."""
+    ref = weakref.ref(receiver)
+
+    def request() -> None:
+        owner = ref()
+        if owner is not None:
+            owner._RTCRtpReceiver__decoder_error.set()
+
+    return request
+
+
+def break_cycles(pc) -> None:
+    """After `pc.close()`: drop the event handlers that tie a closed peer connection, its
+    transports and tracks into reference cycles, so its memory (and the frames its tracks
+    hold) is freed when the session ends rather than at Python's next full collection."""
+    emitters = {pc}
+    for transceiver in pc.getTransceivers():
+        for part in (transceiver.sender, transceiver.receiver):
+            dtls = part.transport
+            if dtls is not None:
+                emitters |= {dtls, dtls.transport}
+        emitters |= {t for t in (transceiver.sender.track, transceiver.receiver.track) if t is not None}
+    if pc.sctp is not None:
+        emitters |= {pc.sctp, pc.sctp.transport, pc.sctp.transport.transport}
+    for emitter in emitters:
+        remove = getattr(emitter, "remove_all_listeners", None)
+        if remove is not None:
+            remove()
+
+
 # -- the self-check -------------------------------------------------------------------------
 def _calls(function, name: str) -> bool:
     """Whether `function`'s own code refers to `name` (a call we rely on aiortc making)."""
@@ -80,6 +137,23 @@ def _host_lookup() -> bool:
             and _calls(getattr(aioice.ice.Connection, "gather_candidates", None), "get_host_addresses"))
 
 
+def _decoder_internals() -> bool:
+    names = {"_RTCRtpReceiver__decoder_queue", "_RTCRtpReceiver__decoder_thread"}
+    # the queue is made in __init__, filled per frame, and handed to the thread in receive()
+    return (names <= set(RTCRtpReceiver.__init__.__code__.co_names)
+            and {"_RTCRtpReceiver__decoder_queue", "_RTCRtpReceiver__decoder_error"}
+            <= set(RTCRtpReceiver._handle_rtp_packet.__code__.co_names)
+            and _calls(RTCRtpReceiver.receive, "_RTCRtpReceiver__decoder_queue")
+            and list(inspect.signature(aiortc.rtcrtpreceiver.decoder_worker).parameters)[:2] == ["loop", "input_q"])
+
+
+def _decoder_stop() -> bool:
+    # every way aiortc stops the decoder goes through this one method
+    return (callable(getattr(RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder", None))
+            and all(_calls(getattr(RTCRtpReceiver, m), "_RTCRtpReceiver__stop_decoder")
+                    for m in ("stop", "_handle_disconnect", "_handle_rtcp_packet")))
+
+
 def _remote_queue() -> bool:
     return isinstance(getattr(RemoteStreamTrack(kind="video"), "_queue", None), asyncio.Queue)
 
@@ -88,6 +162,8 @@ INTERNALS: dict[str, Callable[[], bool]] = {
     "aiortc.RTCRtpSender._send_keyframe": _sender_hook,
     "aioice.ice.get_host_addresses": _host_lookup,
     "aiortc.rtcrtpreceiver.RemoteStreamTrack._queue": _remote_queue,
+    "aiortc.RTCRtpReceiver.__decoder_queue": _decoder_internals,
+    "aiortc.RTCRtpReceiver.__stop_decoder": _decoder_stop,
 }
 
 

@@ -1,16 +1,21 @@
 """The shared encoders of one pipeline: one per codec that some viewer uses, created when the
 first viewer of that codec arrives and dropped when the last leaves. Each tick is encoded once
-per codec (`encode`, on the clock thread); a codec whose encoder fails is replaced, starting
-from a keyframe, on the next tick, and never holds up the other codec."""
+per codec (`encode`, on the clock thread). A codec whose encoder fails is left out (the fault
+recorded like any stage fault) and replaced, starting from a keyframe, after a backoff that
+doubles from `RETRY_MIN_S` to `RETRY_MAX_S`; it never holds up the other codec."""
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable, Optional
 
 import numpy as np
 
 from pipeline.encoders import EncodedFrame, EncodeSettings, SharedEncoder
+
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 30.0
 
 
 class EncoderPool:
@@ -22,6 +27,7 @@ class EncoderPool:
         self.encoders: dict[str, SharedEncoder] = {}
         self._users: dict[str, int] = {}  # codec → viewers using it
         self._lock = threading.Lock()  # viewers come and go on the loop; the clock thread encodes
+        self._retry: dict[str, tuple[float, float]] = {}  # codec → (not before, next delay) after a failure
 
     # -- event loop side --------------------------------------------------------------
     def use(self, codec: str) -> None:
@@ -48,7 +54,10 @@ class EncoderPool:
             for codec in [c for c in self.encoders if c not in wanted]:
                 del self.encoders[codec]
         encoded = {}
+        now = time.monotonic()
         for codec in wanted:
+            if codec in self._retry and now < self._retry[codec][0]:
+                continue  # backing off after a failure
             try:
                 encoder = self.encoders.get(codec)
                 if encoder is None:
@@ -57,9 +66,12 @@ class EncoderPool:
                     with self._lock:
                         self.encoders[codec] = encoder
                 encoded[codec] = encoder.encode(i420, tick, pts)
-            except Exception as exc:  # replaced (from a keyframe) next tick; the other codec goes on
+                self._retry.pop(codec, None)
+            except Exception as exc:  # replaced (from a keyframe) after a backoff; the other codec goes on
                 with self._lock:
                     self.encoders.pop(codec, None)
+                delay = self._retry.get(codec, (0.0, RETRY_MIN_S))[1]
+                self._retry[codec] = (now + delay, min(delay * 2, RETRY_MAX_S))
                 if self.on_error is not None:
                     self.on_error(f"{codec} encoder: {type(exc).__name__}: {exc}")
         return encoded

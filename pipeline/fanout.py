@@ -24,6 +24,11 @@ class ResultFanout(Generic[T]):
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._handoff = LoopHandoff(loop, self._deliver)
 
+    def stop(self) -> None:
+        """Forget listeners and the hand-off (whose callback is a bound method: a cycle)."""
+        self._handoff = None
+        self._listeners = []
+
     # -- event loop side --------------------------------------------------------------
     def add(self, listener: Callable[[T], None]) -> None:
         self._listeners.append(listener)

@@ -63,6 +63,7 @@ class Ticker:
         """Stop and join the thread (blocking), then fail the viewers still waiting."""
         self._closed = True
         self.worker.stop()
+        self._handoff = None  # it holds a bound method of this ticker: no cycle after stop
         if self._loop is not None and not self._loop.is_closed():
             try:
                 self._loop.call_soon_threadsafe(self._fail_waiters)
@@ -101,9 +102,12 @@ class Ticker:
         fut.set_result(tick)
 
     def _fail_waiters(self) -> None:
-        if self._next is not None and not self._next.done():
-            self._next.set_exception(MediaStreamError())
-            self._next.exception()  # mark retrieved: nobody may be waiting
+        # Let go of the future first: once raised in a waiter, the exception's traceback holds
+        # that waiter's frames, and a ticker still holding the future would make a cycle.
+        fut, self._next = self._next, None
+        if fut is not None and not fut.done():
+            fut.set_exception(MediaStreamError())
+            fut.exception()  # mark retrieved: nobody may be waiting
 
     # -- clock thread -------------------------------------------------------------------
     def _step(self) -> None:

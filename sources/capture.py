@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ class CapturedFrame:
 
 class Capture:
     def __init__(self, spec: SourceSpec, source_factory: Callable[[], FrameSource], width: int, height: int,
-                 fps: float, retry_max_s: float = 30.0) -> None:
+                 fps: float, retry_max_s: float = 30.0, after: Optional[threading.Event] = None) -> None:
         self.spec = spec
         self._factory = source_factory
         self.width, self.height, self.default_fps = width, height, fps
@@ -60,7 +61,10 @@ class Capture:
         self._retry = RETRY_MIN_S
         self._due = 0.0
         self._live_since = 0.0
-        self.worker = Worker(f"vg-cap-{spec.name}", self._step, self._on_error)
+        self._after = after  # set once the previous capture of this source has let go of it
+        #: set when this capture's thread has closed its source and ended
+        self.released = threading.Event()
+        self.worker = Worker(f"vg-cap-{spec.name}", self._step, self._on_error, on_exit=self._exit)
 
     @property
     def measured_fps(self) -> float:
@@ -71,10 +75,14 @@ class Capture:
         self.worker.start()
 
     def stop(self) -> None:
+        """Stop the thread (blocking); the thread closes its own source as it ends."""
         self.worker.stop()
-        self._close()
         self.slot.wake()
         self.state = "idle"
+
+    def _exit(self) -> None:
+        self._close()
+        self.released.set()
 
     def _on_error(self, message: str) -> None:
         self.last_error = redact(message)
@@ -105,6 +113,10 @@ class Capture:
             log.info("source %s is live", self.spec.name)
 
     def _open(self) -> None:
+        if self._after is not None and not self._after.is_set():
+            # the previous capture of this source is still closing it (a V4L2 device opens once)
+            self._after.wait(0.25)
+            return
         source = self._factory()
         try:
             source.open()

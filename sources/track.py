@@ -53,11 +53,13 @@ class TrackSource:
             pass
         finally:
             self._ended = True
+            self._task = None  # a finished task keeps its exception's frames: no cycle through it
             self.slot.wake()
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
 
     # -- capture thread side ----------------------------------------------
     def open(self) -> None:

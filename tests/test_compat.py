@@ -11,7 +11,7 @@ import sys
 import aioice.ice
 import aiortc
 import pytest
-from aiortc import RTCRtpSender
+from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
 import compat.aiortc as compat
@@ -52,6 +52,9 @@ REMOVALS = {
         lambda mp: mp.setattr(RTCRtpSender, "_handle_rtcp_packet", _handler_without_hook),
     "aioice.ice.get_host_addresses": lambda mp: mp.delattr(aioice.ice, "get_host_addresses"),
     "aiortc.rtcrtpreceiver.RemoteStreamTrack._queue": _without_queue,
+    "aiortc.RTCRtpReceiver.__decoder_queue":  # frames reach the decoder some other way
+        lambda mp: mp.setattr(RTCRtpReceiver, "_handle_rtp_packet", _handler_without_hook),
+    "aiortc.RTCRtpReceiver.__stop_decoder": lambda mp: mp.delattr(RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder"),
 }
 
 

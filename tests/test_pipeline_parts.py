@@ -133,10 +133,12 @@ def test_encoder_pool_encodes_once_per_codec_in_use_and_starts_on_a_keyframe():
     assert sorted(pool.encode(i420(), 3, 9000)) == ["vp8"] and pool.get("h264") is None
 
 
-def test_a_failing_encoder_never_holds_up_the_other_codec(monkeypatch):
+def test_a_failing_encoder_never_holds_up_the_other_codec_and_is_retried_with_backoff(monkeypatch):
     errors = []
     pool = EncoderPool(W, H, 30, on_error=errors.append)
     real = encoder_pool.SharedEncoder
+    clock = [1000.0]
+    monkeypatch.setattr(encoder_pool.time, "monotonic", lambda: clock[0])
 
     def shared_encoder(codec, *args):
         if codec == "h264":
@@ -146,11 +148,19 @@ def test_a_failing_encoder_never_holds_up_the_other_codec(monkeypatch):
     monkeypatch.setattr(encoder_pool, "SharedEncoder", shared_encoder)
     pool.use("h264")
     pool.use("vp8")
-    for tick in range(1, 4):
+    attempts = []
+    for tick in range(1, 200):  # about 6.6 s of ticks
+        clock[0] += 1 / 30
+        before = len(errors)
         assert list(pool.encode(i420(), tick, tick * 3000)) == ["vp8"]
-    assert len(errors) == 3 and "h264 encoder: RuntimeError" in errors[0]
+        if len(errors) > before:
+            attempts.append(round(clock[0] - 1000, 2))
+    assert "h264 encoder: RuntimeError" in errors[0]
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    assert len(attempts) == 4 and all(b > a for a, b in zip(gaps, gaps[1:])), attempts  # 0.5, 1, 2, 4 s
     monkeypatch.setattr(encoder_pool, "SharedEncoder", real)  # it recovers, from a keyframe
-    out = pool.encode(i420(), 4, 12000)
+    clock[0] += encoder_pool.RETRY_MAX_S
+    out = pool.encode(i420(), 200, 600000)
     assert sorted(out) == ["h264", "vp8"] and out["h264"].keyframe
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from aiortc.sdp import SessionDescription
 
 SUPPORTED_VIDEO_CODECS = {"vp8", "h264"}
+MAX_MEDIA_SECTIONS = 16  # a browser offers video, audio and one data channel
+MAX_CANDIDATES = 64  # per section: each is an address ICE would check
 
 
 class OfferError(ValueError):
@@ -24,6 +26,10 @@ def check_offer(sdp: str) -> str:
         parsed = SessionDescription.parse(sdp)
     except Exception:  # aiortc's parser raises many types on bad input
         raise OfferError("The SDP offer could not be parsed.") from None
+    if len(parsed.media) > MAX_MEDIA_SECTIONS:
+        raise OfferError(f"The SDP offer has {len(parsed.media)} media sections; at most {MAX_MEDIA_SECTIONS}.")
+    if any(len(m.ice_candidates) > MAX_CANDIDATES for m in parsed.media):
+        raise OfferError(f"The SDP offer has more than {MAX_CANDIDATES} ICE candidates in a media section.")
     videos = [m for m in parsed.media if m.kind == "video"]
     if not videos:
         raise OfferError("The SDP offer has no video (m=video) section.")

@@ -7,6 +7,8 @@ A session is closed and forgotten when
   aiortc has no `disconnected` state: a peer that vanishes is otherwise noticed only when
   ICE consent expires (about 30 s). Every live peer sends RTCP receiver reports about once
   a second, so a transport whose received-packet count stops moving means a gone peer.
+- in camera mode, its client keeps sending frames beyond CAMERA_MAX_WIDTH/HEIGHT/FPS
+  (`webrtc.limits`: frames refused for size or rate in several consecutive seconds);
 - a client deletes it, or the app shuts down.
 """
 
@@ -23,7 +25,9 @@ from typing import Optional
 from aiortc import RTCDataChannel, RTCPeerConnection
 
 from ai_stream import AIProcessedStream
+from compat.aiortc import break_cycles
 from sources.track import TrackSource
+from webrtc.limits import DecodeGate, StrikeWatch
 
 log = logging.getLogger("visionguard.sessions")
 
@@ -48,6 +52,12 @@ class Session:
     channel: Optional[RTCDataChannel] = None
     messages_sent: int = 0
     messages_skipped: int = 0
+    gate: Optional[DecodeGate] = None  # camera mode: what the client may make us decode
+    strikes: Optional[StrikeWatch] = None
+
+    def __post_init__(self) -> None:
+        if self.gate is not None:
+            self.strikes = StrikeWatch(self.gate)
 
     def attach_channel(self, channel: RTCDataChannel) -> None:
         """Send every processing result of this session's pipeline on `channel`."""
@@ -60,6 +70,12 @@ class Session:
     def detach_channel(self) -> None:
         if self.track is not None:
             self.track.pipeline.remove_listener(self._send_result)
+
+    def forget(self) -> None:
+        """After close: drop what ties the session's objects into reference cycles."""
+        if self.channel is not None:
+            self.channel.remove_all_listeners()
+        self.channel = self.track = self.camera = self.gate = self.strikes = None
 
     def _send_result(self, result) -> None:
         channel = self.channel
@@ -108,6 +124,7 @@ class SessionManager:
             await pc.close()
         except Exception:  # aiortc can trip over a half-built connection; it is gone either way
             log.debug("closing a peer connection failed", exc_info=True)
+        break_cycles(pc)
 
     # -- registration ---------------------------------------------------------
     def add(self, session: Session) -> None:
@@ -135,6 +152,7 @@ class SessionManager:
         if session.track is not None:
             await session.track.release()
         await self.discard_pc(session.pc)
+        session.forget()
         return True
 
     async def close_all(self) -> None:
@@ -164,6 +182,11 @@ class SessionManager:
             if state != "connected":
                 if now - session.created_mono > self.connect_timeout:
                     await self.close(session.id, reason="connect-timeout")
+                continue
+            if session.strikes is not None and session.strikes.exceeded():
+                log.warning("session %s: its camera exceeds the limits (%s)", session.id,
+                            session.gate.last_violation)
+                await self.close(session.id, reason="camera-limits")
                 continue
             received = await _packets_received(session.pc)
             if received != session.rx_packets:
