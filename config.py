@@ -103,6 +103,22 @@ class Settings(BaseSettings):
     HEADER_TIMEOUT_S: float = Field(10.0, gt=0, le=300)  # a connection without a complete request head by then is closed
     MAX_CONNECTIONS_PER_IP: int = Field(64, ge=1)
 
+    # Access control (doc/SECURITY.md)
+    AUTH_MODE: Literal["off", "jwt"] = "off"
+    JWT_ALGORITHMS: list[Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384",
+                                 "ES512", "PS256", "PS384", "PS512", "EdDSA"]] = ["HS256"]
+    JWT_SECRET: Optional[str] = None
+    JWT_PUBLIC_KEY_FILE: Optional[Path] = None
+    JWT_JWKS_FILE: Optional[Path] = None
+    JWT_ISSUER: Optional[str] = None
+    JWT_AUDIENCE: Optional[str] = None
+    JWT_LEEWAY_S: float = Field(10.0, ge=0, le=600)
+    MAX_SESSIONS_PER_SUBJECT: int = Field(10, ge=1)
+    SIGNING_KEY: Optional[str] = None  # signed media URLs; generated at start when unset
+    SIGNED_URL_TTL_S: int = Field(300, ge=10, le=86400)
+    TURN_SECRET: Optional[str] = None  # coturn's static-auth-secret: time-limited TURN credentials
+    TURN_TTL_S: int = Field(3600, ge=60, le=7 * 86400)
+
     # What a client may make the server decode (camera mode), checked on encoded frames
     CAMERA_MAX_WIDTH: int = Field(1920, ge=16, le=16384)
     CAMERA_MAX_HEIGHT: int = Field(1080, ge=16, le=16384)
@@ -144,6 +160,28 @@ class Settings(BaseSettings):
     def _ssl_pair(self) -> "Settings":
         if bool(self.SSL_CERTFILE) != bool(self.SSL_KEYFILE):
             raise ValueError("SSL_CERTFILE and SSL_KEYFILE must be set together")
+        return self
+
+    @model_validator(mode="after")
+    def _auth_keys(self) -> "Settings":
+        """With AUTH_MODE=jwt every listed algorithm needs a usable key (checked here, once)."""
+        if self.AUTH_MODE != "jwt":
+            return self
+        if not self.JWT_ALGORITHMS:
+            raise ValueError("JWT_ALGORITHMS must name at least one algorithm when AUTH_MODE=jwt")
+        if any(a.startswith("HS") for a in self.JWT_ALGORITHMS):
+            if not self.JWT_SECRET:
+                raise ValueError("JWT_SECRET must be set when AUTH_MODE=jwt and JWT_ALGORITHMS lists an HS algorithm")
+            if len(self.JWT_SECRET.encode()) < 32:
+                raise ValueError("JWT_SECRET must be at least 32 bytes long")
+        if any(not a.startswith("HS") for a in self.JWT_ALGORITHMS):
+            if not (self.JWT_PUBLIC_KEY_FILE or self.JWT_JWKS_FILE):
+                raise ValueError("JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE must be set when JWT_ALGORITHMS lists "
+                                 "RS/ES/PS/EdDSA algorithms")
+            for name in ("JWT_PUBLIC_KEY_FILE", "JWT_JWKS_FILE"):
+                path = getattr(self, name)
+                if path is not None and not path.is_file():
+                    raise ValueError(f"{name} {path.name!r} is not a readable file")
         return self
 
     @property
