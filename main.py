@@ -21,10 +21,13 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.access import router as access_router
+from api.auth import AUTH_ERRORS, AdminDep
 from api.catalog import router as catalog_router
 from api.deps import Services, ServicesDep
-from api.errors import install_error_handlers
+from api.errors import error_responses, install_error_handlers
 from api.middleware import BodySizeLimit
+from api.tokens import TokenVerifier, UrlSigner
 from compat.aiortc import self_check
 from compat.uvicorn import install as limit_connections
 from compat.uvicorn import self_check as check_uvicorn
@@ -134,6 +137,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(catalog_router)
+    app.include_router(access_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_root_routes(app)
     return app
@@ -153,9 +157,22 @@ def build_services(settings: Settings) -> Services:
     hub = PipelineHub(settings.DEFAULT_WIDTH, settings.DEFAULT_HEIGHT, settings.TARGET_FPS,
                       settings.RTSP_OPEN_TIMEOUT_S, settings.RTSP_STALL_TIMEOUT_S, settings.RTSP_RECONNECT_MAX_S,
                       EncodeSettings(settings.VIDEO_BITRATE, settings.KEYFRAME_INTERVAL))
-    sessions = SessionManager(settings.MAX_SESSIONS, settings.CONNECT_TIMEOUT, settings.PEER_INACTIVITY_TIMEOUT)
+    jwt_on = settings.AUTH_MODE == "jwt"
+    sessions = SessionManager(settings.MAX_SESSIONS, settings.CONNECT_TIMEOUT, settings.PEER_INACTIVITY_TIMEOUT,
+                              settings.MAX_SESSIONS_PER_SUBJECT if jwt_on else None)
     return Services(settings=settings, sources=sources, models=models, hub=hub, sessions=sessions,
-                    default_model=settings.DEFAULT_MODEL)
+                    default_model=settings.DEFAULT_MODEL, tokens=token_verifier(settings) if jwt_on else None,
+                    signer=UrlSigner(settings.SIGNING_KEY.encode() if settings.SIGNING_KEY else None,
+                                     settings.SIGNED_URL_TTL_S))
+
+
+def token_verifier(settings: Settings) -> TokenVerifier:
+    try:
+        return TokenVerifier(settings.JWT_ALGORITHMS, settings.JWT_SECRET, settings.JWT_PUBLIC_KEY_FILE,
+                             settings.JWT_JWKS_FILE, settings.JWT_ISSUER, settings.JWT_AUDIENCE, settings.JWT_LEEWAY_S)
+    except Exception as exc:  # a key file that does not parse
+        name = "JWT_JWKS_FILE" if settings.JWT_JWKS_FILE else "JWT_PUBLIC_KEY_FILE"
+        raise InvalidSettings(f"Invalid setting {name}: cannot read a key from it ({type(exc).__name__})") from None
 
 
 def configured_sources(settings: Settings) -> dict[str, SourceSpec]:
@@ -226,8 +243,9 @@ def _add_root_routes(app: FastAPI) -> None:
             video_available=_video_available(services.hub, spec), source=_source_status(spec),
             problems=problems, active_sessions=len(services.sessions.sessions))
 
-    @app.get("/info", response_model=InfoResponse, tags=["service"], summary="Service configuration and counters")
-    async def info(services: ServicesDep) -> InfoResponse:
+    @app.get("/info", response_model=InfoResponse, tags=["service"], summary="Service configuration and counters",
+             responses=error_responses({**AUTH_ERRORS, 403: "The token lacks the `admin` scope"}))
+    async def info(services: ServicesDep, caller: AdminDep) -> InfoResponse:
         s, sessions = services.settings, services.sessions
         spec = services.sources["default"]
         return InfoResponse(

@@ -15,6 +15,7 @@ from aiortc import RTCPeerConnection
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.auth import ViewerDep
 from api.deps import HubDep, ServicesDep, SessionsDep
 from api.errors import ApiError, error_responses
 from api.offers import choose_model, choose_source
@@ -116,15 +117,20 @@ OFFER_ERRORS = {
     409: "The requested model failed to load (code `model_unavailable`)",
     413: "Request body too large (code `body_too_large`)",
     422: "Body schema error, or the video file cannot be decoded (code `undecodable_media`)",
-    503: "Server full (MAX_SESSIONS); see Retry-After (code `server_full`)",
+    401: "No valid bearer token (AUTH_MODE=jwt; code `invalid_token`)",
+    403: "The token lacks the `view` scope (code `insufficient_scope`)",
+    503: "Server full (MAX_SESSIONS; code `server_full`), or this subject's share (MAX_SESSIONS_PER_SUBJECT; "
+         "code `subject_limit`) is used up; see Retry-After",
 }
-UNKNOWN_SESSION = {404: "Unknown session (code `not_found`)"}
+AUTH_ERRORS = {401: OFFER_ERRORS[401], 403: OFFER_ERRORS[403]}
+UNKNOWN_SESSION = {404: "Unknown session, or another subject's without `admin` (code `not_found`)", **AUTH_ERRORS}
 
 
 # -- routes ---------------------------------------------------------------------
 @router.post("/offer", response_model=OfferResponse, summary="Exchange an SDP offer for an answer",
              responses=error_responses(OFFER_ERRORS))
-async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions: SessionsDep) -> OfferResponse:
+async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions: SessionsDep,
+                caller: ViewerDep) -> OfferResponse:
     """Send the browser's offer, get the server's answer and a `session_id`.
 
     The first `m=video` section decides the mode: `recvonly` means **view** (the server sends
@@ -149,8 +155,12 @@ async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions
         spec = await choose_source(services, body.source, body.video_path)
     model, notice = await choose_model(services, body.model, spec)
 
-    if not sessions.reserve():
+    refused = sessions.reserve(caller.subject)
+    if refused == "server_full":
         raise ApiError(503, "The server is full; try again later.", "server_full", headers={"Retry-After": "5"})
+    if refused == "subject_limit":
+        raise ApiError(503, f"You already hold {sessions.max_per_owner} sessions (MAX_SESSIONS_PER_SUBJECT); "
+                       "close one or try again later.", "subject_limit", headers={"Retry-After": "5"})
     settings = services.settings
     session_id = sessions.new_id()
     try:
@@ -171,11 +181,11 @@ async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions
                 raise ApiError(400, f"The offer could not be answered: {exc}", "bad_offer") from None
             undo.pop_all()  # answered: the session owns the peer connection now
     finally:
-        sessions.unreserve()
+        sessions.unreserve(caller.subject)
     if answered.camera is not None:
         answered.camera.start()
     session = Session(id=session_id, pc=pc, source=answered.spec.name, model=model.name, mode=mode,
-                      track=answered.track, camera=answered.camera, gate=answered.gate)
+                      owner=caller.subject, track=answered.track, camera=answered.camera, gate=answered.gate)
     sessions.add(session)
 
     @pc.on("datachannel")
@@ -187,18 +197,26 @@ async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions
     return OfferResponse(sdp=pc.localDescription.sdp, type="answer", session_id=session.id)
 
 
-@router.get("/sessions", response_model=SessionsResponse, summary="List active sessions")
-async def list_sessions(sessions: SessionsDep) -> SessionsResponse:
-    ids = list(sessions.sessions)
+@router.get("/sessions", response_model=SessionsResponse, summary="List active sessions",
+            responses=error_responses(AUTH_ERRORS))
+async def list_sessions(sessions: SessionsDep, caller: ViewerDep) -> SessionsResponse:
+    """Your own sessions (every session with the `admin` scope, or with AUTH_MODE=off)."""
+    ids = [s.id for s in sessions.visible_to(caller.subject, caller.can("admin"))]
     return SessionsResponse(active_sessions=ids, count=len(ids))
+
+
+def _own_session(sessions, session_id: str, caller) -> Session:
+    session = sessions.get(session_id)
+    if session is None or not (caller.can("admin") or session.owner == caller.subject):
+        # another subject's session is as unknown as a missing one: no existence leak
+        raise ApiError(404, f"Session {session_id[:64]} not found.", "not_found")
+    return session
 
 
 @router.get("/session/{session_id}", response_model=SessionInfo, summary="One session's state",
             responses=error_responses(UNKNOWN_SESSION))
-async def get_session(session_id: str, sessions: SessionsDep) -> SessionInfo:
-    session = sessions.get(session_id)
-    if session is None:
-        raise ApiError(404, f"Session {session_id} not found.", "not_found")
+async def get_session(session_id: str, sessions: SessionsDep, caller: ViewerDep) -> SessionInfo:
+    session = _own_session(sessions, session_id, caller)
     pc = session.pc
     return SessionInfo(
         session_id=session.id, connection_state=pc.connectionState,
@@ -209,9 +227,10 @@ async def get_session(session_id: str, sessions: SessionsDep) -> SessionInfo:
 
 @router.delete("/session/{session_id}", response_model=CloseResponse, summary="Close a session",
                responses=error_responses(UNKNOWN_SESSION))
-async def delete_session(session_id: str, sessions: SessionsDep) -> CloseResponse:
+async def delete_session(session_id: str, sessions: SessionsDep, caller: ViewerDep) -> CloseResponse:
+    _own_session(sessions, session_id, caller)
     if not await sessions.close(session_id, reason="deleted"):
-        raise ApiError(404, f"Session {session_id} not found.", "not_found")
+        raise ApiError(404, f"Session {session_id[:64]} not found.", "not_found")
     return CloseResponse(message=f"Session {session_id} closed", active_connections=len(sessions.sessions))
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from urllib.parse import quote
 from typing import Literal, Optional
 
 import cv2
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import HubDep, ServicesDep, SettingsDep
+from api.auth import AUTH_ERRORS, MediaViewerDep, ViewerDep
+from api.deps import HubDep, Services, ServicesDep, SettingsDep
 from api.errors import ApiError, error_responses
 from core.redact import redact
 from hub import PipelineHub
@@ -45,8 +47,9 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
 
 
-@router.get("/models", response_model=ModelsResponse, summary="The models and their state")
-async def list_models(services: ServicesDep) -> ModelsResponse:
+@router.get("/models", response_model=ModelsResponse, summary="The models and their state",
+            responses=error_responses(AUTH_ERRORS))
+async def list_models(services: ServicesDep, caller: ViewerDep) -> ModelsResponse:
     """Every model by name: `ready` (loaded), `error` (failed to load, with why) or
     `not_loaded` (loads on first use), and its mean inference time. `default` is the model
     used when an offer names none (`none` if DEFAULT_MODEL failed to load)."""
@@ -65,15 +68,19 @@ class SourceInfo(BaseModel):
     model: str = Field(description="The model used when an offer names none")
     always_on: bool
     last_error: Optional[str]
+    snapshot_url: Optional[str] = Field(None, description="The source's snapshot, ready for an <img>: signed for "
+                                        "the caller when AUTH_MODE=jwt (valid SIGNED_URL_TTL_S); None for `file:` sources")
 
 
 class SourcesResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"sources": [
         {"name": "default", "kind": "file", "url": "vtest.avi", "state": "live", "width": 768, "height": 576,
-         "fps": 10.0, "viewers": 2, "model": "person", "always_on": False, "last_error": None},
+         "fps": 10.0, "viewers": 2, "model": "person", "always_on": False, "last_error": None,
+         "snapshot_url": "/api/sources/default/snapshot.jpg?exp=1764417600&sub=alice&sig=Zm9v"},
         {"name": "lobby", "kind": "rtsp", "url": "rtsp://***@10.0.0.5/stream", "state": "reconnecting",
          "width": 1280, "height": 720, "fps": 0.0, "viewers": 1, "model": "person", "always_on": True,
-         "last_error": "cannot read rtsp://***@10.0.0.5/stream: Connection refused"}]}]})
+         "last_error": "cannot read rtsp://***@10.0.0.5/stream: Connection refused",
+         "snapshot_url": "/api/sources/lobby/snapshot.jpg"}]}]})
 
     sources: list[SourceInfo]
 
@@ -86,7 +93,13 @@ class IceServersResponse(BaseModel):
     iceServers: list[dict]
 
 
-def _source_info(hub: PipelineHub, default_model: str, spec) -> SourceInfo:
+def snapshot_url(services: Services, source: str, subject: str) -> str:
+    """The snapshot's path, signed for `subject` when access control is on."""
+    path = f"/api/sources/{quote(source, safe='')}/snapshot.jpg"
+    return services.signer.sign(path, subject)[0] if services.tokens is not None else path
+
+
+def _source_info(hub: PipelineHub, default_model: str, spec, snapshot: Optional[str]) -> SourceInfo:
     capture = hub.capture_for(spec.name)
     pipelines = hub.pipelines_for(spec.name)
     size = capture.native_size if capture else None
@@ -97,11 +110,12 @@ def _source_info(hub: PipelineHub, default_model: str, spec) -> SourceInfo:
         fps=round(capture.measured_fps, 2) if capture else 0.0,
         viewers=sum(p.viewers - p.held for p in pipelines),
         model=spec.model or default_model, always_on=spec.always_on,
-        last_error=redact(capture.last_error) if capture and capture.last_error else None)
+        last_error=redact(capture.last_error) if capture and capture.last_error else None, snapshot_url=snapshot)
 
 
-@router.get("/sources", response_model=SourcesResponse, summary="The sources and their state")
-async def list_sources(services: ServicesDep) -> SourcesResponse:
+@router.get("/sources", response_model=SourcesResponse, summary="The sources and their state",
+            responses=error_responses(AUTH_ERRORS))
+async def list_sources(services: ServicesDep, caller: ViewerDep) -> SourcesResponse:
     """Every configured source (`default` and SOURCES), plus files opened through `video_path`
     while they play: state (`idle` no pipeline, `live`, `reconnecting` was live and is trying
     again, `failed` could not open yet and is trying again), the source's own resolution, the
@@ -112,16 +126,23 @@ async def list_sources(services: ServicesDep) -> SourcesResponse:
         capture = hub.capture_for(stats["source"])
         if capture is not None and capture.spec.kind == "file" and capture.spec.name not in specs:
             specs[capture.spec.name] = capture.spec
-    return SourcesResponse(sources=[_source_info(hub, services.default_model, spec) for spec in specs.values()])
+    return SourcesResponse(sources=[
+        _source_info(hub, services.default_model, spec,
+                     None if spec.kind == "file" and spec.name.startswith("file:")
+                     else snapshot_url(services, spec.name, caller.subject))
+        for spec in specs.values()])
 
 
 @router.get("/sources/{name}/snapshot.jpg", summary="The latest processed frame of a source",
             response_class=Response,
             responses={200: {"content": {"image/jpeg": {}}, "description": "JPEG image"},
-                       **error_responses({404: "Unknown source",
+                       **error_responses({401: "No valid bearer token or signed URL (AUTH_MODE=jwt)",
+                                          403: "The token lacks the `view` scope", 404: "Unknown source",
                                           503: "The source has no frame yet (see its last_error)"})})
-async def snapshot(services: ServicesDep, hub: HubDep, name: str) -> Response:
-    """The newest processed frame (boxes and status band drawn) as JPEG. A source with no
+async def snapshot(services: ServicesDep, hub: HubDep, name: str, caller: MediaViewerDep) -> Response:
+    """The newest processed frame (boxes and status band drawn) as JPEG. With AUTH_MODE=jwt it
+    takes a bearer token or a signed URL (`snapshot_url` in `/api/sources`, or `POST
+    /api/signed-url`), so that an `<img>` can load it. A source with no
     viewer is started for the snapshot and stopped again."""
     spec = services.sources.get(name)
     if spec is None:

@@ -6,11 +6,12 @@ they use, e.g. `async def route(hub: HubDep, sessions: SessionsDep)`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Optional
 
 from fastapi import Depends, Request
 
+from api.tokens import TokenVerifier, UrlSigner
 from config import Settings
 from detectors import ModelRegistry
 from hub import PipelineHub
@@ -28,6 +29,8 @@ class Services:
     default_model: str  # DEFAULT_MODEL, or `none` once it failed to load
     model_notice: str = ""  # drawn on the video when the default model fell back
     internal_errors: int = 0  # requests answered 500 (each logged with its traceback)
+    tokens: Optional[TokenVerifier] = None  # None: AUTH_MODE=off
+    signer: UrlSigner = field(default_factory=UrlSigner)
 
 
 def get_services(request: Request) -> Services:

@@ -14,7 +14,13 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")  # requirements-dev.txt
 from hypothesis import HealthCheck, settings  # noqa: E402
 
+from api.tokens import mint_token  # noqa: E402
 from conftest import running_server  # noqa: E402
+
+#: fuzzed as deployed: access control on, with an admin token (schemathesis also tries each
+#: operation without it and expects 401)
+AUTH = {"AUTH_MODE": "jwt", "JWT_SECRET": "fuzz-secret-" + "0" * 32}
+HEADERS = {"Authorization": "Bearer " + mint_token(AUTH["JWT_SECRET"], "fuzzer", "view admin metrics", 3600)}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +32,8 @@ def live_server(tmp_path_factory):
 
     def serve() -> None:
         async def main() -> None:
-            async with running_server(MEDIA_DIR=media, MAX_SESSIONS=100) as (url, svc):
+            async with running_server(MEDIA_DIR=media, MAX_SESSIONS=100, MAX_SESSIONS_PER_SUBJECT=100,
+                                      **AUTH) as (url, svc):
                 box["url"], box["svc"] = url, svc
                 box["stop"] = stop = asyncio.Event()
                 box["loop"] = asyncio.get_running_loop()
@@ -54,7 +61,7 @@ def _openapi() -> dict:
     from config import load_settings
     from conftest import TEST_ENV
 
-    return main.create_app(load_settings(**TEST_ENV)).openapi()
+    return main.create_app(load_settings(**TEST_ENV, **AUTH)).openapi()
 
 
 #: a schema-valid offer may still be refused by what no JSON schema can say: its SDP, an unknown
@@ -74,12 +81,12 @@ def test_the_fuzzed_schema_is_the_served_one(live_server):
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_every_route_answers_as_documented(case, live_server):
-    case.call_and_validate(base_url=live_server["url"], timeout=30)
+    case.call_and_validate(base_url=live_server["url"], timeout=30, headers=HEADERS)
 
 
 def test_nothing_left_behind_after_the_fuzz(live_server):
     """Offers the fuzz got answered (the schema's own example is a valid offer) close like any other."""
-    with httpx.Client(base_url=live_server["url"], timeout=30) as http:
+    with httpx.Client(base_url=live_server["url"], timeout=30, headers=HEADERS) as http:
         for session_id in http.get("/api/sessions").json()["active_sessions"]:
             assert http.delete(f"/api/session/{session_id}").status_code == 200
         deadline = time.monotonic() + 30

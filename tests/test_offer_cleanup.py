@@ -12,6 +12,7 @@ import pytest
 from aiortc import RTCPeerConnection
 
 import signaling
+from api.tokens import ANONYMOUS
 from conftest import running_server
 from test_api import client_offer_sdp
 
@@ -33,7 +34,7 @@ async def test_an_offer_cancelled_midway_leaves_nothing(monkeypatch):
 
         monkeypatch.setattr(RTCPeerConnection, "setLocalDescription", hangs)
         body = signaling.OfferRequest(sdp=sdp, type="offer")
-        task = asyncio.create_task(signaling.offer(body, svc, svc.hub, svc.sessions))
+        task = asyncio.create_task(signaling.offer(body, svc, svc.hub, svc.sessions, ANONYMOUS))
         await asyncio.wait_for(gathering.wait(), 20)
         assert held(svc) == (1, 0, 1, 1, 1)  # reserved, a peer connection, a pipeline
         task.cancel()

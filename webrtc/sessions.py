@@ -43,6 +43,7 @@ class Session:
     source: str
     model: str
     mode: str  # "view" | "camera"
+    owner: str = "anonymous"  # the token's subject that created it
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     track: Optional[AIProcessedStream] = None
     created_mono: float = field(default_factory=time.monotonic)
@@ -89,27 +90,45 @@ class Session:
 
 
 class SessionManager:
-    def __init__(self, max_sessions: int, connect_timeout: float, inactivity_timeout: float) -> None:
+    def __init__(self, max_sessions: int, connect_timeout: float, inactivity_timeout: float,
+                 max_per_owner: Optional[int] = None) -> None:
         self.max_sessions = max_sessions
+        self.max_per_owner = max_per_owner  # MAX_SESSIONS_PER_SUBJECT when auth is on
         self.connect_timeout = connect_timeout
         self.inactivity_timeout = inactivity_timeout
         self.sessions: dict[str, Session] = {}
         #: every peer connection this process opened and has not closed yet (offers in flight too)
         self.peer_connections: set[RTCPeerConnection] = set()
         self._reserved = 0
+        self._reserved_by: dict[str, int] = {}
         self._reaper: Optional[asyncio.Task] = None
         self.closed_reasons: dict[str, int] = {}
 
     # -- capacity -----------------------------------------------------------
-    def reserve(self) -> bool:
-        """Hold a place for an offer being answered; False when full."""
+    def reserve(self, owner: str = "anonymous") -> Optional[str]:
+        """Hold a place for an offer being answered. None when it may go ahead, else why not:
+        `server_full` (MAX_SESSIONS) or `subject_limit` (this owner's share is used up)."""
         if len(self.sessions) + self._reserved >= self.max_sessions:
-            return False
+            return "server_full"
+        if self.max_per_owner is not None:
+            held = sum(s.owner == owner for s in self.sessions.values()) + self._reserved_by.get(owner, 0)
+            if held >= self.max_per_owner:
+                return "subject_limit"
         self._reserved += 1
-        return True
+        self._reserved_by[owner] = self._reserved_by.get(owner, 0) + 1
+        return None
 
-    def unreserve(self) -> None:
+    def unreserve(self, owner: str = "anonymous") -> None:
         self._reserved -= 1
+        left = self._reserved_by.get(owner, 0) - 1
+        if left > 0:
+            self._reserved_by[owner] = left
+        else:
+            self._reserved_by.pop(owner, None)
+
+    def visible_to(self, subject: str, everyone: bool) -> list[Session]:
+        """The sessions a caller may see: its own, or all of them for `admin`."""
+        return [s for s in self.sessions.values() if everyone or s.owner == subject]
 
     @staticmethod
     def new_id() -> str:

@@ -1,0 +1,135 @@
+"""The security primitives behind access control: bearer tokens checked with PyJWT
+(`TokenVerifier`) and signed media URLs (`UrlSigner`). No FastAPI here: `api.auth` turns them
+into route dependencies.
+
+A token is accepted only with an algorithm from JWT_ALGORITHMS (never `none`; an HS256 token
+against an RS256 key is refused, not verified with the public key as a secret), a valid
+signature, `exp` and `sub`, and `iss`/`aud` when those settings are set; clock skew up to
+JWT_LEEWAY_S. Scopes come from the space-separated `scope` claim.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+from urllib.parse import quote
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+
+SCOPES = ("view", "admin", "metrics")
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str
+    scopes: frozenset[str]
+
+    def can(self, scope: str) -> bool:
+        """`admin` may do everything."""
+        return scope in self.scopes or "admin" in self.scopes
+
+
+#: who everyone is with AUTH_MODE=off (local use: everything open)
+ANONYMOUS = Principal("anonymous", frozenset(SCOPES))
+
+
+class TokenError(Exception):
+    """The token is refused; the message says why, never echoing the token."""
+
+
+class TokenVerifier:
+    def __init__(self, algorithms: list[str], secret: Optional[str] = None, public_key_file: Optional[Path] = None,
+                 jwks_file: Optional[Path] = None, issuer: Optional[str] = None, audience: Optional[str] = None,
+                 leeway_s: float = 10.0) -> None:
+        self.algorithms = list(algorithms)
+        self.secret = secret
+        # parsed now, so that a key file that does not parse stops start-up rather than every request
+        self.public_key = (serialization.load_pem_public_key(public_key_file.read_bytes())
+                           if public_key_file else None)
+        self.jwks = jwt.PyJWKSet.from_json(jwks_file.read_text()) if jwks_file else None
+        self.issuer, self.audience, self.leeway = issuer, audience, leeway_s
+
+    def _key(self, header: dict):
+        alg = header.get("alg")
+        if alg not in self.algorithms:
+            raise TokenError(f"The token's algorithm {str(alg)[:20]!r} is not accepted here.")
+        if alg.startswith("HS"):
+            return self.secret
+        if self.jwks is not None and (header.get("kid") or self.public_key is None):
+            try:
+                return self.jwks[str(header.get("kid"))].key
+            except KeyError:
+                raise TokenError("The token's key id (kid) is unknown.") from None
+        return self.public_key
+
+    def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+            claims = jwt.decode(token, self._key(header), algorithms=[header["alg"]], audience=self.audience,
+                                issuer=self.issuer, leeway=self.leeway,
+                                options={"require": ["exp", "sub"], "verify_aud": self.audience is not None})
+        except TokenError:
+            raise
+        except jwt.ExpiredSignatureError:
+            raise TokenError("The token has expired.") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenError("The token is not valid yet (nbf or iat is in the future).") from None
+        except jwt.InvalidAudienceError:
+            raise TokenError("The token's audience (aud) is not this service.") from None
+        except jwt.InvalidIssuerError:
+            raise TokenError("The token's issuer (iss) is not trusted here.") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenError(f"The token lacks the required claim {exc.claim!r}.") from None
+        except jwt.InvalidSignatureError:
+            raise TokenError("The token's signature does not verify.") from None
+        except jwt.InvalidAlgorithmError:
+            raise TokenError("The token's algorithm is not accepted here.") from None
+        except (jwt.InvalidTokenError, KeyError, ValueError, TypeError):
+            raise TokenError("The token is malformed.") from None
+        scope = claims.get("scope", "")
+        scopes = frozenset(scope.split()) if isinstance(scope, str) else frozenset()
+        return Principal(str(claims["sub"])[:128], scopes & frozenset(SCOPES))
+
+
+class UrlSigner:
+    """`?exp=<unix s>&sub=<subject>&sig=<base64url HMAC-SHA256>` over method, path, exp, sub and
+    scope: valid for one path, for at most `ttl_s`, bound to the subject and the scope it grants."""
+
+    def __init__(self, key: Optional[bytes] = None, ttl_s: int = 300) -> None:
+        self.key = key or secrets.token_bytes(32)
+        self.ttl_s = ttl_s
+
+    def _mac(self, method: str, path: str, exp: int, sub: str, scope: str) -> str:
+        message = "\n".join((method.upper(), path, str(exp), sub, scope)).encode()
+        return base64.urlsafe_b64encode(hmac.new(self.key, message, hashlib.sha256).digest()).rstrip(b"=").decode()
+
+    def sign(self, path: str, sub: str, scope: str = "view", method: str = "GET",
+             now: Optional[float] = None) -> tuple[str, int]:
+        """The signed URL (path and query) and its expiry (Unix seconds)."""
+        exp = int(now if now is not None else time.time()) + self.ttl_s
+        sig = self._mac(method, path, exp, sub, scope)
+        return f"{path}?exp={exp}&sub={quote(sub, safe='')}&sig={sig}", exp
+
+    def verify(self, method: str, path: str, exp: str, sub: str, sig: str, scope: str = "view") -> bool:
+        try:
+            expiry = int(exp)
+        except ValueError:
+            return False
+        now = time.time()
+        if expiry < now or expiry > now + self.ttl_s + 1:
+            return False
+        return hmac.compare_digest(self._mac(method, path, expiry, sub, scope), sig)
+
+
+def mint_token(secret: str, sub: str, scope: str, ttl_s: int, algorithm: str = "HS256", **claims) -> str:
+    """A token for local testing (scripts/make-token.py and the tests)."""
+    now = int(time.time())
+    return jwt.encode({"sub": sub, "scope": scope, "iat": now, "exp": now + ttl_s, **claims}, secret,
+                      algorithm=algorithm)
