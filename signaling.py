@@ -20,8 +20,8 @@ from api.deps import HubDep, ServicesDep, SessionsDep
 from api.errors import ApiError, error_responses
 from api.offers import choose_model, choose_source
 from webrtc.answer import CameraLimits, NegotiationError, answer_offer
-from webrtc.ice import rtc_configuration
 from webrtc.sdp import OfferError, check_offer
+from webrtc.turn import server_configuration
 from webrtc.sessions import Session
 
 log = logging.getLogger("visionguard.signaling")
@@ -165,7 +165,7 @@ async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions
     session_id = sessions.new_id()
     try:
         async with AsyncExitStack() as undo:  # what the offer acquired is released on every way out
-            pc = RTCPeerConnection(configuration=rtc_configuration(settings.ice_servers))
+            pc = RTCPeerConnection(configuration=server_configuration(settings))
             sessions.track_pc(pc)
             undo.push_async_callback(sessions.discard_pc, pc)
             try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from urllib.parse import quote
 from typing import Literal, Optional
+from urllib.parse import quote
 
 import cv2
 from fastapi import APIRouter, Response
@@ -17,6 +17,7 @@ from api.deps import HubDep, Services, ServicesDep, SettingsDep
 from api.errors import ApiError, error_responses
 from core.redact import redact
 from hub import PipelineHub
+from webrtc.turn import with_credentials
 
 router = APIRouter(prefix="/api", tags=["catalog"])
 
@@ -88,9 +89,10 @@ class SourcesResponse(BaseModel):
 class IceServersResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"iceServers": [
         {"urls": "stun:stun.l.google.com:19302"},
-        {"urls": "turn:turn.example.com:3478", "username": "user", "credential": "secret"}]}]})
+        {"urls": "turn:turn.example.com:3478", "username": "1767225600:alice",
+         "credential": "kGx0dH1zTbAfrFn9Cq5N4n1sKV8="}]}]})
 
-    iceServers: list[dict]
+    iceServers: list[dict] = Field(description="RTCIceServer objects: urls, and username + credential for TURN")
 
 
 def snapshot_url(services: Services, source: str, subject: str) -> str:
@@ -164,8 +166,18 @@ async def snapshot(services: ServicesDep, hub: HubDep, name: str, caller: MediaV
     return Response(jpeg.tobytes(), media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
-@router.get("/ice-servers", response_model=IceServersResponse, summary="ICE servers for the browser")
-async def ice_servers(settings: SettingsDep) -> IceServersResponse:
+@router.get("/ice-servers", response_model=IceServersResponse, summary="ICE servers for the browser",
+            responses=error_responses(AUTH_ERRORS))
+async def ice_servers(settings: SettingsDep, caller: ViewerDep, response: Response) -> IceServersResponse:
     """The configured STUN and TURN servers, ready for `new RTCPeerConnection(...)`. This is the
-    one place TURN credentials are shown: browsers need them."""
-    return IceServersResponse(iceServers=[s.model_dump(exclude_none=True) for s in settings.ice_servers])
+    one place TURN credentials are shown: browsers need them.
+
+    With `TURN_SECRET` set (coturn's `static-auth-secret`), each TURN server configured without
+    a username and credential gets **time-limited credentials for this caller** (coturn's REST-API
+    scheme): `username` = `<expiry unix s>:<subject>`, `credential` =
+    base64(HMAC-SHA1(TURN_SECRET, username)), valid `TURN_TTL_S` seconds (a connection set up
+    before the expiry keeps its relay). Ask again before setting up a new connection.
+    TURN servers configured with a username and credential keep them (static)."""
+    response.headers["Cache-Control"] = "no-store"
+    return IceServersResponse(iceServers=with_credentials(
+        settings.ice_servers, settings.TURN_SECRET, settings.TURN_TTL_S, caller.subject))

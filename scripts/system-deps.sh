@@ -9,6 +9,8 @@ PACKAGES=(
   # the RTSP server the tests start (GStreamer's gst-rtsp-server, run with Debian's python3)
   python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
+  # the TURN server the relay tests start on loopback (`turnserver`, REST-API auth)
+  coturn
 )
 
 missing=()
@@ -21,6 +23,11 @@ echo "system-deps: installing ${missing[*]}"
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 if $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+  # The tests start their own turnserver; the package's system service (an unconfigured TURN
+  # server on every interface) is not wanted on a development machine.
+  if [[ " ${missing[*]} " == *" coturn "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl disable --now coturn >/dev/null 2>&1 || true
+  fi
   exit 0
 fi
 if [ "${CI:-}" = "true" ]; then

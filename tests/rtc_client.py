@@ -43,10 +43,12 @@ class Viewer:
 
 
 async def connect(base_url: str, timeout: float = 30.0, detections: bool = False, send_track=None,
-                  codec: Optional[str] = None, **fields) -> Viewer:
+                  codec: Optional[str] = None, configuration: Optional[RTCConfiguration] = None,
+                  **fields) -> Viewer:
     """View mode; with `send_track`, camera mode (the track is sent and comes back processed).
-    `codec` ("vp8" or "h264") is offered alone."""
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    `codec` ("vp8" or "h264") is offered alone. `configuration`: the client's own (default: no
+    ICE servers, loopback host candidates)."""
+    pc = RTCPeerConnection(configuration or RTCConfiguration(iceServers=[]))
     if send_track is not None:
         transceiver = pc.addTransceiver(send_track, direction="sendrecv")
     else:
