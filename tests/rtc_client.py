@@ -44,7 +44,7 @@ class Viewer:
 
 async def connect(base_url: str, timeout: float = 30.0, detections: bool = False, send_track=None,
                   codec: Optional[str] = None, configuration: Optional[RTCConfiguration] = None,
-                  **fields) -> Viewer:
+                  token: Optional[str] = None, **fields) -> Viewer:
     """View mode; with `send_track`, camera mode (the track is sent and comes back processed).
     `codec` ("vp8" or "h264") is offered alone. `configuration`: the client's own (default: no
     ICE servers, loopback host candidates)."""
@@ -72,7 +72,9 @@ async def connect(base_url: str, timeout: float = 30.0, detections: bool = False
 
     await pc.setLocalDescription(await pc.createOffer())
     async with httpx.AsyncClient(base_url=base_url, timeout=timeout) as http:
-        r = await http.post("/api/offer", json={"sdp": pc.localDescription.sdp, "type": "offer", **fields})
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        r = await http.post("/api/offer", json={"sdp": pc.localDescription.sdp, "type": "offer", **fields},
+                            headers=headers)
     if r.status_code != 200:
         await pc.close()
         raise AssertionError(f"offer refused: {r.status_code} {r.text}")
