@@ -6,7 +6,6 @@ full collection). RSS belongs to bench/churn_soak.py."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import threading
