@@ -61,11 +61,18 @@ class PipelineHub:
                     self._capture_users[spec.name] = 0
                     self.captures_started += 1
                 self._capture_users[spec.name] += 1
-                pipeline = AIProcessor(capture, model.instance, model.name, self.fps, notice, model.record,
-                                       self.encode)
-                for worker in pipeline.workers:
-                    worker.stuck_after = STAGE_STUCK_S
-                pipeline.start(loop)
+                try:
+                    pipeline = AIProcessor(capture, model.instance, model.name, self.fps, notice, model.record,
+                                           self.encode)
+                    for worker in pipeline.workers:
+                        worker.stuck_after = STAGE_STUCK_S
+                    pipeline.start(loop)
+                except BaseException:  # e.g. no thread can be started: give the capture back
+                    self._capture_users[spec.name] -= 1
+                    if self._capture_users[spec.name] == 0:
+                        del self._capture_users[spec.name]
+                        self._captures.pop(spec.name).worker.stop_event.set()  # it closes its source as it ends
+                    raise
                 self._pipelines[(spec.name, model.name)] = pipeline
                 self.pipelines_started += 1
                 log.info("pipeline %s/%s started", spec.name, model.name)

@@ -257,7 +257,8 @@ def _add_root_routes(app: FastAPI) -> None:
                     "ice_host_addresses": s.ICE_HOST_ADDRESSES},
             sessions={"active": len(sessions.sessions), "peer_connections": len(sessions.peer_connections),
                       "max": s.MAX_SESSIONS, "closed": sessions.closed_reasons,
-                      "internal_errors": services.internal_errors},
+                      "internal_errors": services.internal_errors,
+                      "camera_frames_dropped": sessions.camera_frames_dropped},
             pipelines=services.hub.stats())
 
 

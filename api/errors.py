@@ -6,7 +6,6 @@ echoed in a 422's list lose NaN/Infinity, lone surrogates, depth and length."""
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Optional, Union
 
@@ -20,7 +19,6 @@ from starlette.routing import Match
 from api.deps import count_internal_error
 from core.redact import clip
 
-log = logging.getLogger("visionguard")
 
 #: the code an error gets when the route gives none
 DEFAULT_CODES = {400: "bad_request", 401: "invalid_token", 403: "insufficient_scope", 404: "not_found",
@@ -90,7 +88,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", clip(request.method, 20), clip(request.url.path))
+        # no log here: Starlette re-raises after this answer and uvicorn logs the traceback once
+        # (through the redacting, clipping log filter)
         count_internal_error(request)
         return JSONResponse(error_body(500, "Internal server error; see the server log."), status_code=500)
 

@@ -31,13 +31,11 @@ import aiortc.rtcrtpreceiver
 from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
+from compat.checks import IncompatibleLibrary, check_internals  # noqa: F401 (IncompatibleLibrary: re-exported)
+
 PINNED = "aiortc==1.16.0"
 
 _original_get_host_addresses = aioice.ice.get_host_addresses
-
-
-class IncompatibleLibrary(SystemExit):
-    """Start-up stops: an internal this project relies on is gone (a clean exit with one line)."""
 
 
 # -- the internals ------------------------------------------------------------------------
@@ -169,12 +167,4 @@ INTERNALS: dict[str, Callable[[], bool]] = {
 
 def self_check() -> None:
     """Raise IncompatibleLibrary (one line) if an internal listed in INTERNALS is missing."""
-    for name, present in INTERNALS.items():
-        try:
-            ok = present()
-        except Exception:  # a check that cannot even run means the internal has changed
-            ok = False
-        if not ok:
-            raise IncompatibleLibrary(
-                f"Incompatible aiortc {aiortc.__version__}: internal {name} is missing; "
-                f"this version of VisionGuard needs {PINNED} (pip install -r requirements.txt)")
+    check_internals("aiortc", aiortc.__version__, PINNED, INTERNALS)

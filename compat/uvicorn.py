@@ -43,15 +43,13 @@ from uvicorn.lifespan.on import LifespanOn
 from uvicorn.protocols.http import h11_impl
 from uvicorn.server import Server
 
+from compat.checks import IncompatibleLibrary, check_internals  # noqa: F401 (IncompatibleLibrary: re-exported)
+
 PINNED = "uvicorn==0.54.0"
 LOG_INTERVAL_S = 10.0
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 log = logging.getLogger("visionguard.connections")
-
-
-class IncompatibleLibrary(SystemExit):
-    """Start-up stops: an internal this project relies on is gone (a clean exit with one line)."""
 
 
 # -- one line now, then one summary per interval --------------------------------------------
@@ -363,12 +361,4 @@ INTERNALS: dict[str, Callable[[], bool]] = {
 
 def self_check() -> None:
     """Raise IncompatibleLibrary (one line) if an internal listed in INTERNALS is missing."""
-    for name, present in INTERNALS.items():
-        try:
-            ok = present()
-        except Exception:  # a check that cannot even run means the internal has changed
-            ok = False
-        if not ok:
-            raise IncompatibleLibrary(
-                f"Incompatible uvicorn {uvicorn.__version__}: internal {name} is missing; "
-                f"this version of VisionGuard needs {PINNED} (pip install -r requirements.txt)")
+    check_internals("uvicorn", uvicorn.__version__, PINNED, INTERNALS)

@@ -75,6 +75,11 @@ class Worker:
         else:  # the step is usually a bound method of the owner: drop it so no cycle keeps the owner
             self._step = self._on_error = self._on_exit = None
 
+    def is_current(self) -> bool:
+        """Whether the calling thread is this worker's current thread (not one a restart left
+        behind to finish its step): a stale thread must not publish what it finishes."""
+        return threading.current_thread() is self._thread and not self.stop_event.is_set()
+
     def _current(self, generation: int) -> bool:
         return generation == self._generation and not self.stop_event.is_set()
 
@@ -117,8 +122,9 @@ class Worker:
     @property
     def flapping(self) -> bool:
         """Restarted MAX_RESTARTS times within RESTART_WINDOW_S (and left down meanwhile)."""
-        self._forget_old_restarts(time.monotonic())
-        return len(self._restart_times) >= MAX_RESTARTS
+        with self._lock:
+            self._forget_old_restarts(time.monotonic())
+            return len(self._restart_times) >= MAX_RESTARTS
 
     def _forget_old_restarts(self, now: float) -> None:
         while self._restart_times and now - self._restart_times[0] > RESTART_WINDOW_S:

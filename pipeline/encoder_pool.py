@@ -27,6 +27,9 @@ class EncoderPool:
         self.encoders: dict[str, SharedEncoder] = {}
         self._users: dict[str, int] = {}  # codec → viewers using it
         self._lock = threading.Lock()  # viewers come and go on the loop; the clock thread encodes
+        # one clock thread encodes at a time: a restart may leave a stuck one behind, and an
+        # encoder's context must never be used by two threads at once
+        self._encoding = threading.Lock()
         self._retry: dict[str, tuple[float, float]] = {}  # codec → (not before, next delay) after a failure
 
     # -- event loop side --------------------------------------------------------------
@@ -48,7 +51,16 @@ class EncoderPool:
 
     # -- clock thread -----------------------------------------------------------------
     def encode(self, i420: np.ndarray, tick: int, pts: int) -> dict[str, EncodedFrame]:
-        """Encode this tick once for each codec in use; a failing codec is left out."""
+        """Encode this tick once for each codec in use; a failing codec is left out. While another
+        thread is still inside an encoder (a stuck clock being replaced), the tick goes unencoded."""
+        if not self._encoding.acquire(timeout=1 / self.fps):
+            return {}
+        try:
+            return self._encode(i420, tick, pts)
+        finally:
+            self._encoding.release()
+
+    def _encode(self, i420: np.ndarray, tick: int, pts: int) -> dict[str, EncodedFrame]:
         with self._lock:
             wanted = [codec for codec, users in self._users.items() if users > 0]
             for codec in [c for c in self.encoders if c not in wanted]:

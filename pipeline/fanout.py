@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Callable, Generic, Optional, TypeVar
 
 from core.slots import LoopHandoff
@@ -20,6 +21,7 @@ class ResultFanout(Generic[T]):
         self._listeners: list[Callable[[T], None]] = []
         self._handoff: Optional[LoopHandoff[T]] = None
         self.listener_errors = 0
+        self._last_log = 0.0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._handoff = LoopHandoff(loop, self._deliver)
@@ -43,7 +45,10 @@ class ResultFanout(Generic[T]):
                 listener(result)
             except Exception:
                 self.listener_errors += 1
-                log.exception("a result listener failed")
+                now = time.monotonic()
+                if now - self._last_log > 10.0:  # one broken listener must not flood the log
+                    self._last_log = now
+                    log.exception("a result listener failed (%d so far)", self.listener_errors)
 
     # -- process thread ---------------------------------------------------------------
     def publish(self, result: T) -> None:

@@ -61,6 +61,8 @@ class ProcessStage:
         message = detections_message(cap.frame_id, self._next_pts(), cap.ts, self.model, ms, self.width,
                                      self.height, detections)
         result = ProcessedFrame(cap.frame_id, cap.ts, image, detections, ms, message)
+        if not self.worker.is_current():
+            return  # a restart replaced this thread while it was stuck: its late result would go back in time
         self.results.put(result)
         if self._on_result:
             self._on_result(result)

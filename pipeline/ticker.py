@@ -135,6 +135,8 @@ class Ticker:
             i420=self._shown_i420, width=self.width, height=self.height,
             encoded=self._encoders.encode(self._shown_i420, tick, pts),
         )
+        if not self.worker.is_current():
+            return  # left behind by a restart (it was stuck): the new clock thread publishes
         with self._ring_lock:
             self._ring.append(out)
         self._handoff.put(tick)

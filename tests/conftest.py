@@ -70,6 +70,28 @@ def startup_error(monkeypatch, **env: str) -> str:
     return message
 
 
+def build_test_app():
+    """The app as `create_app` builds it from the test settings (nothing started)."""
+    import main
+
+    return main.create_app(load_settings(**TEST_ENV))
+
+
+def main_py_stop_line(prelude: str) -> str:
+    """Run `python main.py` after `prelude` (Python that breaks something); assert that start-up
+    stops with exit 2 and exactly one line on stderr, and return that line."""
+    import os
+    import subprocess
+
+    script = f"import sys, runpy; {prelude}; sys.argv = ['main.py']; runpy.run_path('main.py', run_name='__main__')"
+    env = {**os.environ, "STUN_SERVERS": "[]", "DEFAULT_MODEL": "none"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, proc.stderr)
+    return lines[0]
+
+
 @asynccontextmanager
 async def running_server(port: int = 0, **overrides):
     """A real uvicorn server on a loopback port (free unless given), in this event loop."""

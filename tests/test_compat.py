@@ -3,10 +3,7 @@ start-up stops with one line naming it and the pinned version."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import aioice.ice
 import aiortc
@@ -15,21 +12,14 @@ from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
 import compat.aiortc as compat
-from config import load_settings
-from conftest import ROOT, TEST_ENV
-
-
-def build_app():
-    import main
-
-    return main.create_app(load_settings(**TEST_ENV))
+from conftest import ROOT, build_test_app, main_py_stop_line
 
 
 def test_the_pinned_version_is_the_one_installed_and_passes_the_check():
     pinned = re.search(r"^aiortc==(\S+)", (ROOT / "requirements.txt").read_text(), re.M).group(1)
     assert compat.PINNED == f"aiortc=={pinned}" == f"aiortc=={aiortc.__version__}"
     compat.self_check()
-    build_app()
+    build_test_app()
 
 
 def _without_queue(monkeypatch):
@@ -62,7 +52,7 @@ REMOVALS = {
 def test_a_missing_internal_stops_start_up_with_one_line(monkeypatch, case):
     REMOVALS[case](monkeypatch)
     with pytest.raises(SystemExit) as stopped:
-        build_app()
+        build_test_app()
     message = str(stopped.value.code)
     assert len(message.splitlines()) == 1
     assert case.split(" ")[0] in message and "aiortc==1.16.0" in message
@@ -72,16 +62,10 @@ def test_every_internal_is_checked():
     assert set(compat.INTERNALS) == {case.split(" ")[0] for case in REMOVALS}
 
 
-def test_python_main_prints_one_line_and_exits(tmp_path):
+def test_python_main_prints_one_line_and_exits():
     """As an operator sees it: `python main.py` on an aiortc without the hook."""
-    script = ("import sys, runpy, aiortc; del aiortc.RTCRtpSender._send_keyframe; "
-              "sys.argv = ['main.py']; runpy.run_path('main.py', run_name='__main__')")
-    env = {**os.environ, "STUN_SERVERS": "[]", "DEFAULT_MODEL": "none"}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "_send_keyframe" in lines[0] and "aiortc==1.16.0" in lines[0], proc.stderr
+    line = main_py_stop_line("import aiortc; del aiortc.RTCRtpSender._send_keyframe")
+    assert "_send_keyframe" in line and "aiortc==1.16.0" in line
 
 
 def test_no_other_module_touches_library_internals():

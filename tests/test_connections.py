@@ -25,8 +25,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import Server
 
 import compat.uvicorn as compat
-from config import load_settings
-from conftest import ROOT, TEST_ENV, free_port
+from conftest import ROOT, TEST_ENV, build_test_app, free_port, main_py_stop_line
 
 HEAD = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n"
 
@@ -142,17 +141,21 @@ def test_idle_connections_are_closed_at_the_header_timeout_with_a_few_log_lines(
         for s in open_:
             s.close()
         assert still_open == 0, f"{still_open} of 300 idle connections still open after 30 s"
-        for _ in range(100):  # the listening socket is retried about once a second
-            with contextlib.suppress(OSError):
-                if health(port).startswith(b"HTTP/1.1 200"):
-                    break
-            time.sleep(0.1)
-        else:
-            pytest.fail("/health does not answer once the idle connections are gone")
+        # the listening socket is retried about once a second
+        wait_for_health(port, "/health does not answer once the idle connections are gone")
         new_lines = log.read_text().splitlines()[lines_before:]
     assert any("Too many open files" in line for line in new_lines), "the descriptor limit was not reached"
     assert len(new_lines) <= 10, "\n".join(new_lines[:40])
     assert not any("Traceback" in line for line in new_lines)
+
+
+def wait_for_health(port: int, failure: str, tries: int = 100) -> None:
+    for _ in range(tries):
+        with contextlib.suppress(OSError):
+            if health(port).startswith(b"HTTP/1.1 200"):
+                return
+        time.sleep(0.1)
+    pytest.fail(failure)
 
 
 def test_a_client_address_holds_at_most_max_connections_per_ip(tmp_path):
@@ -173,13 +176,7 @@ def test_a_client_address_holds_at_most_max_connections_per_ip(tmp_path):
         sixth.close()
         assert health(port, source="127.0.0.2").startswith(b"HTTP/1.1 200")
         held.pop().close()
-        for _ in range(100):
-            with contextlib.suppress(OSError):
-                if health(port).startswith(b"HTTP/1.1 200"):
-                    break
-            time.sleep(0.1)
-        else:
-            pytest.fail("127.0.0.1 is still refused after one of its connections closed")
+        wait_for_health(port, "127.0.0.1 is still refused after one of its connections closed")
         for s in held:
             assert s.fileno() != -1 and not closed_by_server(s, timeout=0.01), "a held connection was closed"
             s.close()
@@ -214,12 +211,6 @@ def test_slow_complete_requests_keep_their_connection_and_stalled_heads_do_not(t
 
 
 # -- the self-check --------------------------------------------------------------------------
-def build_app():
-    import main
-
-    return main.create_app(load_settings(**TEST_ENV))
-
-
 def test_the_pinned_uvicorn_is_the_one_installed_and_passes_the_check():
     pinned = re.search(r"^uvicorn==(\S+)", (ROOT / "requirements.txt").read_text(), re.M).group(1)
     assert compat.PINNED == f"uvicorn=={pinned}" == f"uvicorn=={uvicorn.__version__}"
@@ -261,7 +252,7 @@ REMOVALS = {
 def test_a_missing_uvicorn_internal_stops_start_up_with_one_line(monkeypatch, case):
     REMOVALS[case](monkeypatch)
     with pytest.raises(SystemExit) as stopped:
-        build_app()
+        build_test_app()
     message = str(stopped.value.code)
     assert len(message.splitlines()) == 1
     assert case in message and "uvicorn==0.54.0" in message
@@ -272,14 +263,8 @@ def test_every_uvicorn_internal_is_checked():
 
 
 def test_python_main_prints_one_line_and_exits_on_a_changed_uvicorn():
-    script = ("import sys, runpy, uvicorn.server; del uvicorn.server.Server.startup; "
-              "sys.argv = ['main.py']; runpy.run_path('main.py', run_name='__main__')")
-    env = {**os.environ, "STUN_SERVERS": "[]", "DEFAULT_MODEL": "none"}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Server.startup" in lines[0] and "uvicorn==0.54.0" in lines[0], proc.stderr
+    line = main_py_stop_line("import uvicorn.server; del uvicorn.server.Server.startup")
+    assert "Server.startup" in line and "uvicorn==0.54.0" in line
 
 
 async def test_outside_uvicorn_the_limits_are_skipped_with_a_warning(caplog):

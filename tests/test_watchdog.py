@@ -16,7 +16,6 @@ import hub as hub_module
 from core.workers import Worker
 from detectors import ModelRegistry
 from hub import PipelineHub
-from sources.base import SourceError
 from sources.capture import Capture
 from sources.spec import SourceSpec
 from conftest import running_server

@@ -47,8 +47,11 @@ class CameraLimits:
 
 
 async def _negotiate(step: Awaitable):
+    """Run an aiortc step that applies the client's SDP: what it raises is about that SDP."""
     try:
         return await step
+    except OSError:  # the machine, not the offer (e.g. out of file descriptors): a 500
+        raise
     except Exception as exc:  # whatever aiortc raises on an offer it cannot use
         raise NegotiationError(f"{type(exc).__name__}: {exc}"[:200]) from exc
 
@@ -81,7 +84,8 @@ async def answer_offer(pc: RTCPeerConnection, sdp: str, mode: str, spec: Optiona
         for transceiver in pc.getTransceivers():
             if transceiver.kind in ("audio", "video") and transceiver.sender is not sender:
                 transceiver.direction = "inactive"
-        await _negotiate(pc.setLocalDescription(await _negotiate(pc.createAnswer())))  # gathers candidates
+        answer = await _negotiate(pc.createAnswer())
+        await pc.setLocalDescription(answer)  # gathers candidates: a failure here is ours, not the client's
         if shared_encode:
             # before the sender starts: it starts only once ICE and DTLS connect
             mid = next(t for t in pc.getTransceivers() if t.sender is sender).mid

@@ -41,7 +41,10 @@ def h264_nal_units(data: bytes) -> Iterator[bytes]:
 
 
 def h264_access_unit(data: bytes) -> tuple[bool, Optional[tuple[int, int]]]:
-    """(is an IDR picture, (width, height) from an SPS in it or None)."""
+    """(is an IDR picture, the largest (width, height) of the SPSs in it, or None).
+
+    The largest, not the last: a unit may carry several SPSs, and the decoder allocates for
+    whichever its slices refer to."""
     idr, size = False, None
     for nal in h264_nal_units(data):
         if not nal:
@@ -50,7 +53,8 @@ def h264_access_unit(data: bytes) -> tuple[bool, Optional[tuple[int, int]]]:
         if kind == H264_IDR:
             idr = True
         elif kind == H264_SPS:
-            size = h264_sps_size(nal[1:1 + MAX_SPS_BYTES])
+            found = h264_sps_size(nal[1:1 + MAX_SPS_BYTES])
+            size = found if size is None else (max(size[0], found[0]), max(size[1], found[1]))
     return idr, size
 
 
@@ -84,19 +88,21 @@ class _Bits:
 
 
 def h264_sps_size(rbsp: bytes) -> tuple[int, int]:
-    """Picture (width, height) from an SPS payload (without its NAL header byte)."""
+    """The coded picture (width, height) from an SPS payload (without its NAL header byte).
+
+    Coded, not cropped: cropping only hides pixels the decoder still decodes, so a limit on
+    what a client may make us decode must count them."""
     b = _Bits(rbsp)
     profile = b.u(8)
     b.u(16)  # constraint flags, level
     b.ue()  # seq_parameter_set_id
     chroma = 1
-    separate_planes = 0
     if profile in H264_HIGH_PROFILES:
         chroma = b.ue()
         if chroma > 3:
             raise ValueError("bad chroma_format_idc in H.264 SPS")
         if chroma == 3:
-            separate_planes = b.u(1)
+            b.u(1)  # separate_colour_plane
         b.ue(), b.ue(), b.u(1)  # bit depths, qpprime_y_zero_transform_bypass
         if b.u(1):  # seq_scaling_matrix_present
             for i in range(8 if chroma != 3 else 12):
@@ -116,15 +122,7 @@ def h264_sps_size(rbsp: bytes) -> tuple[int, int]:
     if not frame_mbs_only:
         b.u(1)
     b.u(1)  # direct_8x8_inference
-    crop = [b.ue() for _ in range(4)] if b.u(1) else [0, 0, 0, 0]
-    chroma_type = 0 if separate_planes else chroma
-    unit_x = 1 if chroma_type in (0, 3) else 2
-    unit_y = (2 - frame_mbs_only) * (2 if chroma_type == 1 else 1)
-    width = width_mbs * 16 - unit_x * (crop[0] + crop[1])
-    height = (2 - frame_mbs_only) * height_units * 16 - unit_y * (crop[2] + crop[3])
-    if width <= 0 or height <= 0:
-        raise ValueError("bad picture size in H.264 SPS")
-    return width, height
+    return width_mbs * 16, (2 - frame_mbs_only) * height_units * 16
 
 
 def _skip_scaling_list(b: _Bits, size: int) -> None:

@@ -103,6 +103,8 @@ class SessionManager:
         self._reserved_by: dict[str, int] = {}
         self._reaper: Optional[asyncio.Task] = None
         self.closed_reasons: dict[str, int] = {}
+        #: camera frames refused before decoding, by reason (sessions that ended)
+        self.camera_frames_dropped: dict[str, int] = {}
 
     # -- capacity -----------------------------------------------------------
     def reserve(self, owner: str = "anonymous") -> Optional[str]:
@@ -165,13 +167,18 @@ class SessionManager:
             return False
         self.closed_reasons[reason] = self.closed_reasons.get(reason, 0) + 1
         log.info("session %s closed (%s)", session_id, reason)
-        session.detach_channel()
-        if session.camera is not None:
-            session.camera.stop()
-        if session.track is not None:
-            await session.track.release()
-        await self.discard_pc(session.pc)
-        session.forget()
+        if session.gate is not None:  # what its camera sent beyond the limits, kept for /info
+            for why, frames in session.gate.dropped.items():
+                self.camera_frames_dropped[why] = self.camera_frames_dropped.get(why, 0) + frames
+        try:
+            session.detach_channel()
+            if session.camera is not None:
+                session.camera.stop()
+            if session.track is not None:
+                await session.track.release()
+        finally:  # the peer connection goes, whatever happened above
+            await self.discard_pc(session.pc)
+            session.forget()
         return True
 
     async def close_all(self) -> None:
