@@ -75,6 +75,7 @@ def _forms(value: str) -> set[str]:
 def register_secrets(values: Iterable[Optional[str]]) -> None:
     """Mask these values (and their printed forms) wherever `redact` runs, from now on."""
     global _secrets, _secret_re
+    values = [values] if isinstance(values, str) else values
     new = {form for value in values if value for form in _forms(str(value))}
     with _lock:
         merged = _secrets | new
@@ -118,7 +119,7 @@ def url_secrets(url: Optional[str]) -> list[str]:
             found.append(userinfo.split(":", 1)[1])
     if "@" in rest and "@" not in authority:  # a password holding '/', '?' or '#' (written unencoded)
         userinfo = rest.rsplit("@", 1)[0]
-        if ":" in userinfo:
+        if ":" in userinfo and not re.match(r"\d*(?:[/?#]|$)", userinfo.split(":", 1)[1]):  # not a port
             found.append(userinfo.split(":", 1)[1])
     found += [m.group("value") for m in _QUERY.finditer(rest) if is_credential_name(m.group("name"))]
     return [s for s in found if s]
