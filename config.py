@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from core.redact import redact
+from core.redact import redact, url_secrets
 
 APP_NAME = "AI Video Streaming Backend"
 APP_VERSION = "1.0.0"
@@ -191,6 +191,15 @@ class Settings(BaseSettings):
     @property
     def media_dir(self) -> Path:
         return self.MEDIA_DIR.resolve()
+
+    def secret_values(self) -> list[str]:
+        """Every secret set here, for `core.redact.register_secrets`: the JWT, TURN and signing keys,
+        ICE server credentials, and each source URL's password and credential query values."""
+        values = [self.JWT_SECRET, self.TURN_SECRET, self.SIGNING_KEY]
+        values += [s.credential for s in self.ice_servers]
+        for url in [self.VIDEO_FILE_PATH, *(c.url for c in self.SOURCES.values())]:
+            values += url_secrets(url)
+        return [v for v in values if v]
 
 
 def _one_line(exc: Exception) -> str:

@@ -32,12 +32,13 @@ from compat.aiortc import self_check
 from compat.uvicorn import install as limit_connections
 from compat.uvicorn import self_check as check_uvicorn
 from config import APP_NAME, APP_VERSION, InvalidSettings, Settings, get_settings, load_settings
-from core.redact import install_log_redaction
+from core.redact import (clip_lines, install_log_redaction, public, redact, register_secrets,
+                         register_server_paths)
 from detectors import ModelLoadError, ModelRegistry
 from hub import PipelineHub
 from pipeline.encoders import EncodeSettings
 from signaling import router
-from sources.spec import SourceSpec, default_source, parse_source
+from sources.spec import SourceSpec, default_source, display_name, parse_source
 from webrtc.ice import restrict_host_addresses
 from webrtc.sessions import SessionManager
 
@@ -228,7 +229,7 @@ def _add_root_routes(app: FastAPI) -> None:
         spec = services.sources["default"]
         problems = []
         if s.VIDEO_FILE_PATH and s.VIDEO_FILE_PATH != "synthetic" and spec.kind == "synthetic":
-            problems.append(f"VIDEO_FILE_PATH {s.VIDEO_FILE_PATH!r} was not found; "
+            problems.append(f"VIDEO_FILE_PATH {display_name(s.VIDEO_FILE_PATH, s.media_dir)!r} was not found; "
                             "streaming the synthetic source instead.")
         if services.model_notice:
             entry = services.models.entries[s.DEFAULT_MODEL]
@@ -240,8 +241,8 @@ def _add_root_routes(app: FastAPI) -> None:
         problems += services.hub.problems()
         return HealthResponse(
             status="degraded" if problems else "healthy", service=APP_NAME, version=APP_VERSION,
-            video_available=_video_available(services.hub, spec), source=_source_status(spec),
-            problems=problems, active_sessions=len(services.sessions.sessions))
+            video_available=_video_available(services.hub, spec), source=public(_source_status(spec).model_dump()),
+            problems=public(problems), active_sessions=len(services.sessions.sessions))
 
     @app.get("/info", response_model=InfoResponse, tags=["service"], summary="Service configuration and counters",
              responses=error_responses({**AUTH_ERRORS, 403: "The token lacks the `admin` scope"}))
@@ -250,16 +251,18 @@ def _add_root_routes(app: FastAPI) -> None:
         spec = services.sources["default"]
         return InfoResponse(
             application={"name": APP_NAME, "version": APP_VERSION},
-            video={"path": s.VIDEO_FILE_PATH, "exists": spec.kind == "file", "source": spec.kind,
-                   "target_fps": s.TARGET_FPS, "resolution": f"{s.DEFAULT_WIDTH}x{s.DEFAULT_HEIGHT}"},
-            webrtc={"stun_servers": [x.model_dump(exclude_none=True) for x in s.STUN_SERVERS],
-                    "turn_servers": [{"urls": t.urls} for t in s.TURN_SERVERS],  # no credentials here
-                    "ice_host_addresses": s.ICE_HOST_ADDRESSES},
+            # what the default source is, as shown everywhere: never the raw VIDEO_FILE_PATH
+            video={"path": display_name(s.VIDEO_FILE_PATH, s.media_dir), "exists": spec.kind == "file",
+                   "source": spec.kind, "target_fps": s.TARGET_FPS,
+                   "resolution": f"{s.DEFAULT_WIDTH}x{s.DEFAULT_HEIGHT}"},
+            webrtc=public({"stun_servers": [{"urls": x.urls} for x in s.STUN_SERVERS],  # no credentials here
+                           "turn_servers": [{"urls": t.urls} for t in s.TURN_SERVERS],
+                           "ice_host_addresses": s.ICE_HOST_ADDRESSES}),
             sessions={"active": len(sessions.sessions), "peer_connections": len(sessions.peer_connections),
                       "max": s.MAX_SESSIONS, "closed": sessions.closed_reasons,
                       "internal_errors": services.internal_errors,
                       "camera_frames_dropped": sessions.camera_frames_dropped},
-            pipelines=services.hub.stats())
+            pipelines=public(services.hub.stats()))
 
 
 def _source_status(spec) -> SourceStatus:
@@ -274,27 +277,48 @@ def _video_available(hub: PipelineHub, spec) -> bool:
 
 
 def print_banner(settings: Settings, spec) -> None:
+    """What runs, where, and how open it is: on stdout, through the same redaction as the logs."""
     host = "localhost" if settings.SERVER_HOST in ("0.0.0.0", "::") else settings.SERVER_HOST
     scheme = "https" if settings.SSL_CERTFILE else "http"
     base = f"{scheme}://{host}:{settings.SERVER_PORT}"
     line = "=" * 70
     if spec.kind == "file":
-        video = f"✓ Video file found: {spec.path.name}"
+        video = f"✓ Video file found: {spec.display}"
+    elif spec.kind == "rtsp":
+        video = f"✓ Source: {spec.display} ({spec.url.split('://', 1)[0].upper()})"
+    elif spec.kind == "device":
+        video = f"✓ Source: {spec.display}"
     elif settings.VIDEO_FILE_PATH and settings.VIDEO_FILE_PATH != "synthetic":
-        video = f"⚠ Video file not found: {settings.VIDEO_FILE_PATH} (streaming the built-in synthetic source)"
+        video = (f"⚠ Video file not found: {display_name(settings.VIDEO_FILE_PATH, settings.media_dir)} "
+                 "(streaming the built-in synthetic source)")
+    elif settings.VIDEO_FILE_PATH == "synthetic":
+        video = "✓ Source: the built-in synthetic source"
     else:
         video = "✓ No VIDEO_FILE_PATH set: streaming the built-in synthetic source"
-    cors = ("✓ CORS: Allowing all origins (development mode)" if "*" in settings.CORS_ORIGINS
-            else f"✓ CORS: Allowing {', '.join(settings.CORS_ORIGINS)}")
-    print("\n".join([
-        line, f"Starting {APP_NAME} v{APP_VERSION}", line, video, cors,
+    jwt_on = settings.AUTH_MODE == "jwt"
+    auth = (f"✓ Auth: JWT ({', '.join(settings.JWT_ALGORITHMS)})" if jwt_on
+            else "⚠ Auth: off — anyone who reaches the port can watch every camera")
+    if "*" not in settings.CORS_ORIGINS:
+        cors = f"✓ CORS: Allowing {', '.join(settings.CORS_ORIGINS)}"
+    elif jwt_on:
+        cors = "⚠ CORS: Allowing all origins with auth on (set CORS_ORIGINS to the sites that may call the API)"
+        log.warning("CORS_ORIGINS allows every origin ('*') while AUTH_MODE=jwt: any web page can call the API "
+                    "with a token it holds; set CORS_ORIGINS to the sites that may call it")
+    else:
+        cors = "✓ CORS: Allowing all origins (development mode)"
+    text = "\n".join([
+        line, f"Starting {APP_NAME} v{APP_VERSION}", line, video, auth, cors,
         f"✓ Demo:     {base}/demo", f"✓ API docs: {base}/docs", f"✓ Health:   {base}/health",
-        "✓ Application started successfully", line]), flush=True)
+        "✓ Application started successfully", line])
+    print(clip_lines(redact(text)), flush=True)
 
 
 def _logging(settings: Settings) -> None:
     logging.basicConfig(level=logging.DEBUG if settings.DEBUG_MODE else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the configured secrets are masked by value in every log line, answer and the banner from here on
+    register_secrets(settings.secret_values())
+    register_server_paths([settings.media_dir])
     install_log_redaction()
     if not settings.DEBUG_MODE:  # aiortc/aioice are chatty at INFO
         for name in ("aiortc", "aioice"):

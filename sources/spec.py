@@ -28,12 +28,14 @@ class SourceSpec:
     fps: Optional[float] = None
     model: Optional[str] = None
     always_on: bool = False
+    #: a file's name as the API shows it: relative to MEDIA_DIR, else its last part (`display`)
+    label: Optional[str] = None
 
     @property
     def display(self) -> str:
         """What the API shows: never a full server path, never credentials."""
         if self.kind == "file":
-            return self.path.name
+            return self.label or self.path.name
         if self.kind == "rtsp":
             return redact(self.url)
         if self.kind == "device":
@@ -56,7 +58,32 @@ def parse_source(name: str, url: str, media_dir: Path, fps: Optional[float] = No
     if scheme is not None:
         raise ValueError(f"source {name!r}: unsupported URL scheme {scheme!r}")
     path = Path(url)
-    return SourceSpec(kind="file", path=(path if path.is_absolute() else media_dir / path).resolve(), **common)
+    resolved = (path if path.is_absolute() else media_dir / path).resolve()
+    return SourceSpec(kind="file", path=resolved, label=_file_label(path, resolved, media_dir), **common)
+
+
+def _file_label(path: Path, resolved: Path, media_dir: Path) -> str:
+    """A configured file's name relative to MEDIA_DIR (as written, or as resolved), else its last part."""
+    for candidate, root in ((path, media_dir), (path, media_dir.resolve()), (resolved, media_dir.resolve())):
+        full = candidate if candidate.is_absolute() else root / candidate
+        try:
+            relative = full.relative_to(root).as_posix()
+        except ValueError:
+            continue
+        if relative not in ("", ".") and ".." not in relative.split("/"):
+            return relative
+    return resolved.name or path.name
+
+
+def display_name(url: Optional[str], media_dir: Path) -> Optional[str]:
+    """How a configured source (`VIDEO_FILE_PATH`, a SOURCES url) is shown, whether or not it exists:
+    a file relative to MEDIA_DIR, a URL without credentials, `device:N`, `synthetic`."""
+    if not url:
+        return None
+    try:
+        return parse_source("display", url, media_dir).display
+    except ValueError:  # an unsupported scheme: still a URL
+        return redact(url)
 
 
 def default_source(video_file_path: Optional[str], media_dir: Path) -> SourceSpec:
