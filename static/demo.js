@@ -1,9 +1,14 @@
 // VisionGuard demo page: no build step, no framework. Talks only to the API of the server that
 // serves it. State for tests and curious people: window.vg.
+//
+// Access control (AUTH_MODE=jwt): the token typed into #token is kept in sessionStorage (this tab
+// only) and sent as `Authorization: Bearer …` on every API call. It never goes into a URL (media
+// an <img> would load by itself, like snapshots, take the signed `snapshot_url` the API hands out).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const GATHER_CAP_MS = 2000;
+const TOKEN_KEY = "visionguard.token";
 const vg = (window.vg = { status: "idle", frameId: null, messages: 0, reconnects: 0, sessionId: null,
   peer: () => pc });
 
@@ -12,6 +17,8 @@ let wanted = false; // the person asked to be connected: reconnect after a drop
 let retryTimer = null;
 let retryDelay = 1000;
 let statsTimer = null;
+let choicesLoaded = false;
+let sessionToken = ""; // the token the current session was opened with: its DELETE must name the same subject
 
 function setStatus(text, cls) {
   vg.status = text;
@@ -24,10 +31,35 @@ function showError(message) {
   $("error").hidden = !message;
 }
 
-async function api(path, options) {
+function storedToken() {
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+
+// What the person typed, kept for this tab (an empty field forgets the token).
+function keepTypedToken() {
+  const token = $("token").value.trim().replace(/^Bearer\s+/i, "");
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  return token;
+}
+
+// The server wants a (better) token: show the field and put the cursor in it.
+function askForToken() {
+  $("auth").hidden = false;
+  $("auth").classList.add("needed");
+  $("token").focus();
+}
+
+function withToken(options, token) {
+  const headers = new Headers((options && options.headers) || {});
+  if (token) headers.set("Authorization", "Bearer " + token);
+  return { ...options, headers };
+}
+
+async function api(path, options, token = storedToken()) {
   let response;
   try {
-    response = await fetch(path, options);
+    response = await fetch(path, withToken(options, token));
   } catch (e) {
     throw new Error("The server cannot be reached (" + e.message + ").");
   }
@@ -38,6 +70,15 @@ async function api(path, options) {
       detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
     } catch (e) { /* not JSON */ }
     if (response.status === 503) detail = "The server is full: " + detail;
+    if (response.status === 401) {
+      detail = `Access denied (HTTP 401): ${detail} ` + (token
+        ? "Check the Access token field or paste another token there, then press Connect."
+        : "This server needs an access token: paste one into the Access token field, then press Connect.");
+      askForToken();
+    } else if (response.status === 403) {
+      detail = `Not allowed (HTTP 403): ${detail} Use a token with that scope.`;
+      askForToken();
+    }
     const error = new Error(detail);
     error.status = response.status;
     throw error;
@@ -58,11 +99,12 @@ function fill(parent, tag, items) {
 async function loadChoices() {
   try {
     const [sources, models] = await Promise.all([api("/api/sources"), api("/api/models")]);
+    choicesLoaded = true;
     fill($("source"), "option", sources.sources.map((s) => [`${s.name} (${s.kind}, ${s.state})`, s.name]));
     fill($("model"), "option", [[`default (${models.default})`, ""]].concat(
       models.models.filter((m) => m.state !== "error").map((m) => [m.name, m.name])));
   } catch (e) {
-    showError("Could not load sources and models: " + e.message);
+    showError(e.status === 401 || e.status === 403 ? e.message : "Could not load sources and models: " + e.message);
   }
 }
 
@@ -92,8 +134,9 @@ async function connect() {
   $("disconnect").disabled = false;
   setStatus(vg.reconnects ? "reconnecting" : "connecting");
   const mode = $("mode").value;
+  const token = storedToken();
   try {
-    const ice = await api("/api/ice-servers");
+    const ice = await api("/api/ice-servers", {}, token);
     const peer = (pc = new RTCPeerConnection({ iceServers: ice.iceServers }));
     if (mode === "camera") {
       const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
@@ -111,6 +154,7 @@ async function connect() {
       if (state === "connected") {
         setStatus("connected");
         showError("");
+        $("auth").classList.remove("needed");
         retryDelay = 1000;
       } else if (state === "failed" || state === "disconnected" || state === "closed") {
         dropped("connection " + state);
@@ -123,9 +167,10 @@ async function connect() {
     if ($("model").value) body.model = $("model").value;
     const answer = await api("/api/offer", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-    });
+    }, token);
     if (peer !== pc) return;
     vg.sessionId = answer.session_id;
+    sessionToken = token;
     await peer.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
     clearInterval(statsTimer);
     statsTimer = setInterval(() => updateStats(peer), 1000);
@@ -171,7 +216,7 @@ function stop() {
   clearTimeout(retryTimer);
   const sessionId = vg.sessionId;
   vg.sessionId = null;
-  if (sessionId) fetch("/api/session/" + sessionId, { method: "DELETE" }).catch(() => {});
+  if (sessionId) fetch("/api/session/" + sessionId, withToken({ method: "DELETE" }, sessionToken)).catch(() => {});
   closePeer();
   $("connect").disabled = false;
   $("disconnect").disabled = true;
@@ -204,7 +249,25 @@ async function updateStats(peer) {
   vg.framesDecoded = inbound.framesDecoded;
 }
 
-$("connect").addEventListener("click", () => { vg.reconnects = 0; retryDelay = 1000; showError(""); connect(); });
+$("connect").addEventListener("click", async () => {
+  vg.reconnects = 0;
+  retryDelay = 1000;
+  showError("");
+  if (!$("auth").hidden) keepTypedToken();
+  if (!choicesLoaded) {
+    $("connect").disabled = true;
+    await loadChoices(); // they failed before (no token yet at page load): the source list is empty
+  }
+  connect();
+});
 $("disconnect").addEventListener("click", () => { stop(); setStatus("idle"); });
 $("mode").addEventListener("change", () => { $("source").disabled = $("mode").value === "camera"; });
+$("token").addEventListener("change", keepTypedToken);
+$("token").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !$("connect").disabled) $("connect").click();
+});
+if (storedToken()) {
+  $("token").value = storedToken();
+  $("auth").hidden = false;
+}
 loadChoices();

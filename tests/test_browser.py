@@ -187,3 +187,107 @@ async def test_react_example_on_another_origin_plays(browser, react_dist):
             assert svc.sessions.sessions == {}
     finally:
         static.shutdown()
+
+
+# Access control (AUTH_MODE=jwt): the token travels in the Authorization header, never in a URL
+AUTH_SECRET = "browser-test-secret-" + "0123456789abcdef" * 3
+
+
+async def api_requests_after(requests: list, start: int) -> list[tuple[str, str, dict]]:
+    """(method, url, all headers) of the API requests recorded from index `start` on."""
+    return [(r.method, r.url, await r.all_headers()) for r in requests[start:] if "/api/" in r.url]
+
+
+async def test_demo_asks_for_a_token_and_sends_it_only_in_the_authorization_header(browser):
+    from api.tokens import mint_token
+
+    token = mint_token(AUTH_SECRET, "alice", "view", 600)
+    forged = mint_token("not-the-server-secret-" + "x" * 32, "alice", "view", 600)
+    async with running_server(AUTH_MODE="jwt", JWT_SECRET=AUTH_SECRET) as (url, svc):
+        page = await browser.new_page()
+        requests = []
+        page.on("request", lambda request: requests.append(request))
+        await page.goto(url + "/demo")  # the page itself is open
+        done = "window.vg.status === 'error' && !document.getElementById('connect').disabled"
+
+        # no token: the server's reason, what to do, and the field, with the cursor in it
+        await page.click("#connect")
+        await page.wait_for_function(done, timeout=15000)
+        message = await page.text_content("#error")
+        assert "401" in message and "needs an 'Authorization: Bearer <token>' header" in message, message
+        assert "access token" in message.lower()
+        assert await page.is_visible("#token")
+        assert await page.evaluate("document.activeElement.id") == "token"
+        assert await page.evaluate("sessionStorage.length") == 0 and svc.sessions.sessions == {}
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "demo-token-needed.png"))
+
+        # a token the server did not sign: its reason is shown
+        await page.fill("#token", forged)
+        await page.click("#connect")
+        await page.wait_for_function(done + " && document.getElementById('error').textContent.includes('signature')",
+                                     timeout=15000)
+        assert "401" in await page.text_content("#error") and svc.sessions.sessions == {}
+
+        # the right one: it plays, and the session is alice's
+        start = len(requests)
+        await page.fill("#token", token)
+        await page.click("#connect")
+        await page.wait_for_function("document.getElementById('video').videoWidth === 640", timeout=30000)
+        await page.wait_for_function("window.vg.status === 'connected'", timeout=15000)
+        (session,) = svc.sessions.sessions.values()
+        assert session.owner == "alice"
+        assert await page.is_hidden("#error")
+        assert await page.evaluate("document.querySelectorAll('#source option').length") > 0  # listed now
+        assert await page.evaluate("sessionStorage.getItem('visionguard.token')") == token
+        await page.click("#disconnect")
+        assert await wait_gone(svc, session.id)
+        for _ in range(100):  # the DELETE is sent without waiting for it
+            if any(r.method == "DELETE" for r in requests[start:]):
+                break
+            await asyncio.sleep(0.1)
+
+        sent = await api_requests_after(requests, start)
+        paths = {(method, u.split(url, 1)[1]) for method, u, _ in sent}
+        assert {("GET", "/api/sources"), ("GET", "/api/models"), ("GET", "/api/ice-servers"), ("POST", "/api/offer"),
+                ("DELETE", f"/api/session/{session.id}")} <= paths, paths
+        assert not [(m, u) for m, u, headers in sent if headers.get("authorization") != f"Bearer {token}"]
+        delete = next(r for r in requests[start:] if r.method == "DELETE")
+        # accepted: 200, or 404 when the peer's close (sent right after it) ended the session first
+        assert (await delete.response()).status in (200, 404)
+        # never in a URL: not in any request the page made, nor in the page's own address
+        assert requests and not [r.url for r in requests if token in r.url or forged in r.url]
+        assert token not in page.url
+
+
+async def test_react_example_sends_its_token_prop_as_an_authorization_header(browser, react_dist):
+    from api.tokens import mint_token
+
+    token = mint_token(AUTH_SECRET, "bob", "view", 600)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(react_dist))
+    static = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=static.serve_forever, name="static-server", daemon=True).start()
+    try:
+        async with running_server(AUTH_MODE="jwt", JWT_SECRET=AUTH_SECRET) as (url, svc):
+            page = await browser.new_page()
+            requests = []
+            page.on("request", lambda request: requests.append(request))
+            await page.goto(f"http://127.0.0.1:{static.server_port}/index.html?backend={url}")
+            await page.click("text=Connect")  # no token: the server's reason
+            await page.wait_for_function("document.querySelector('[data-testid=status]').textContent === 'error'",
+                                         timeout=15000)
+            assert "401" in await page.text_content("[role=alert]")
+            await page.fill("[data-testid=token]", token)
+            await page.click("text=Connect")  # across origins: the preflight lets Authorization through
+            await page.wait_for_function("document.querySelector('video').videoWidth === 640", timeout=30000)
+            (session,) = svc.sessions.sessions.values()
+            assert session.owner == "bob"
+            assert await page.evaluate("sessionStorage.getItem('visionguard.token')") == token
+            await page.click("text=Disconnect")
+            assert await wait_gone(svc, session.id)
+            delete = next(r for r in requests if r.method == "DELETE")
+            assert (await delete.all_headers())["authorization"] == f"Bearer {token}"
+            assert (await delete.response()).status == 200
+            assert not [r.url for r in requests if token in r.url]
+    finally:
+        static.shutdown()

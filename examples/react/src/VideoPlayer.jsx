@@ -17,31 +17,46 @@ function waitForIceGathering(pc) {
 }
 
 async function apiError(response) {
+  let detail;
   try {
     const body = await response.json();
-    return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
   } catch {
-    return `HTTP ${response.status}`;
+    detail = `HTTP ${response.status}`;
   }
+  if (response.status === 401) return `Access denied (HTTP 401): ${detail}`;
+  if (response.status === 403) return `Not allowed (HTTP 403): ${detail}`;
+  return detail;
 }
 
-/** Plays a VisionGuard source over WebRTC and lists its detections. */
-export default function VideoPlayer({ backend, source = null, model = null }) {
+/** The request headers for one API call: the token goes in `Authorization`, never in a URL. */
+function headers(token, extra = {}) {
+  return token ? { ...extra, Authorization: `Bearer ${token}` } : extra;
+}
+
+/**
+ * Plays a VisionGuard source over WebRTC and lists its detections.
+ *
+ * `token`: a bearer token (JWT) for a server with AUTH_MODE=jwt, sent as `Authorization: Bearer …`
+ * on every API call; leave it out when access control is off.
+ */
+export default function VideoPlayer({ backend, source = null, model = null, token = null }) {
   const videoRef = useRef(null);
   const pcRef = useRef(null);
-  const sessionRef = useRef(null);
+  const sessionRef = useRef(null); // { id, token }: the DELETE must name the subject that opened it
   const [status, setStatus] = useState("idle");
   const [error, setError] = useState("");
   const [latest, setLatest] = useState(null);
 
   const disconnect = async () => {
     const pc = pcRef.current;
-    const sessionId = sessionRef.current;
+    const session = sessionRef.current;
     pcRef.current = null;
     sessionRef.current = null;
-    if (sessionId) {
+    if (session) {
       // tell the server at once instead of letting it time the session out
-      await fetch(`${backend}/api/session/${sessionId}`, { method: "DELETE" }).catch(() => {});
+      await fetch(`${backend}/api/session/${session.id}`, { method: "DELETE", headers: headers(session.token) })
+        .catch(() => {});
     }
     if (pc) pc.close();
     setStatus("idle");
@@ -51,7 +66,9 @@ export default function VideoPlayer({ backend, source = null, model = null }) {
     setError("");
     setStatus("connecting");
     try {
-      const ice = await fetch(`${backend}/api/ice-servers`).then((r) => r.json());
+      const iceResponse = await fetch(`${backend}/api/ice-servers`, { headers: headers(token) });
+      if (!iceResponse.ok) throw new Error(await apiError(iceResponse));
+      const ice = await iceResponse.json();
       const pc = new RTCPeerConnection({ iceServers: ice.iceServers });
       pcRef.current = pc;
       // The offer must ask for video: a receive-only transceiver (the seed's offer had none).
@@ -70,12 +87,12 @@ export default function VideoPlayer({ backend, source = null, model = null }) {
       if (model) body.model = model;
       const response = await fetch(`${backend}/api/offer`, {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers: headers(token, { "Content-Type": "application/json" }),
         body: JSON.stringify(body),
       });
       if (!response.ok) throw new Error(await apiError(response));
       const answer = await response.json();
-      sessionRef.current = answer.session_id;
+      sessionRef.current = { id: answer.session_id, token };
       await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
     } catch (e) {
       setError(String(e.message || e));
