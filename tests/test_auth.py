@@ -253,3 +253,27 @@ def test_start_up_without_a_usable_key_stops_with_one_line(settings, fragment):
     with pytest.raises(InvalidSettings) as stopped:
         load_settings(**settings)
     assert fragment in stopped.value.code and "\n" not in stopped.value.code
+
+
+async def test_tokens_and_signatures_never_reach_a_log(caplog):
+    """Every log line, uvicorn's access log included: no token, no Authorization value, no signature."""
+    import logging
+
+    access = logging.getLogger("uvicorn.access")
+    access.addHandler(caplog.handler)
+    alice = token("alice")
+    try:
+        with caplog.at_level(logging.DEBUG):
+            async with running_server(**JWT, DEBUG_MODE=True) as (url, svc):
+                async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                    signed = (await http.get("/api/sources", headers=bearer(alice))).json()["sources"][0]["snapshot_url"]
+                    await http.get(signed)
+                    await http.get("/api/models", headers=bearer(alice + "x"))  # refused: logged?
+                    await http.get(f"/api/models?access_token={alice}")
+    finally:
+        access.removeHandler(caplog.handler)
+    text = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
+    assert "GET /api/sources" in text or "/api/models" in text, "the access log was captured"
+    sig = signed.rsplit("sig=", 1)[1]
+    for secret in (alice, sig, SECRET):
+        assert secret not in text

@@ -18,8 +18,10 @@ from media_flood import FloodTrack, MemoryGuard, encoded_keyframe
 from test_webrtc import wait_until
 
 
-async def flood(url: str, data: bytes, fps: float, codec: str = "vp8", **fields):
-    """A camera-mode client (sendonly: it receives nothing) replaying `data` at `fps`."""
+async def flood(url: str, svc, data: bytes, fps: float, codec: str = "vp8"):
+    """A camera-mode client (sendonly: it receives nothing) replaying `data` at `fps`; returns it
+    with the server session's decode gate, taken before any frame can arrive (the session lets
+    go of its gate when it ends, which a flood can make happen quickly)."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     track = FloodTrack(data, fps)
     transceiver = pc.addTransceiver(track, direction="sendonly")
@@ -27,10 +29,12 @@ async def flood(url: str, data: bytes, fps: float, codec: str = "vp8", **fields)
     transceiver.setCodecPreferences([c for c in caps if c.mimeType.lower() == f"video/{codec}"])
     await pc.setLocalDescription(await pc.createOffer())
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-        r = await http.post("/api/offer", json={"sdp": pc.localDescription.sdp, "type": "offer", **fields})
+        r = await http.post("/api/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
     assert r.status_code == 200, r.text
+    sid = r.json()["session_id"]
+    gate = svc.sessions.get(sid).gate  # no media flows before the answer is applied below
     await pc.setRemoteDescription(RTCSessionDescription(sdp=r.json()["sdp"], type="answer"))
-    return pc, track, r.json()["session_id"]
+    return pc, track, sid, gate
 
 
 def video_frames_alive() -> int:
@@ -46,9 +50,8 @@ async def health_seconds(http: httpx.AsyncClient) -> float:
 async def test_4k_keyframe_flood_is_refused_before_decoding_and_the_session_closed():
     data = encoded_keyframe("vp8", 3840, 2160)
     async with running_server() as (url, svc):
-        pc, track, sid = await flood(url, data, fps=180)
+        pc, track, sid, gate = await flood(url, svc, data, fps=180)
         guard = MemoryGuard(pc.close, limit=2 * 2**30)
-        gate = svc.sessions.get(sid).gate  # the session lets go of it when it ends
         try:
             assert await wait_until(lambda: sid not in svc.sessions.sessions or guard.tripped, 30)
             assert not guard.tripped, f"memory grew to {guard.peak >> 20} MB"
@@ -72,9 +75,8 @@ async def test_too_many_frames_per_second_are_dropped_and_the_session_closed():
     codec = "h264"  # the 4K flood above is VP8
     data = encoded_keyframe(codec, 640, 480)
     async with running_server(CAMERA_MAX_FPS=20) as (url, svc):
-        pc, track, sid = await flood(url, data, fps=90, codec=codec)
+        pc, track, sid, gate = await flood(url, svc, data, fps=90, codec=codec)
         try:
-            gate = svc.sessions.get(sid).gate  # the session lets go of it when it ends
             assert await wait_until(lambda: gate.admitted >= 10, 20), gate.stats()
             assert await wait_until(lambda: sid not in svc.sessions.sessions, 20)
             assert svc.sessions.closed_reasons.get("camera-limits") == 1
@@ -105,8 +107,7 @@ async def test_the_decoder_backlog_is_bounded_and_closing_never_waits_for_it(mon
     monkeypatch.setattr(receiver_module, "get_decoder", SlowDecoder)
     data = encoded_keyframe("vp8", 1280, 720)
     async with running_server(CAMERA_MAX_FPS=240) as (url, svc):
-        pc, track, sid = await flood(url, data, fps=120)
-        gate = svc.sessions.get(sid).gate
+        pc, track, sid, gate = await flood(url, svc, data, fps=120)
         backlog = []
         try:
             for _ in range(30):  # 3 s: ~360 frames sent, ~60 decodable
