@@ -16,11 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 import core.redact as redact_mod
-from conftest import TEST_ENV, free_port, running_server, startup_error, write_video
-from config import load_settings
+from conftest import free_port, running_server, startup_error, write_video
 from core.redact import RedactingFilter, redact
 
 # (url with {port} for a closed port, the secrets it holds: none of them may show anywhere)
@@ -138,21 +136,10 @@ def test_log_filter_keeps_uvicorns_access_records_formattable_and_masks_them():
 @asynccontextmanager
 async def access_logged_server(**overrides):
     """Like conftest's running_server, with uvicorn's access log on (it logs path and query)."""
-    import main
-
-    port = free_port()
-    app = main.create_app(load_settings(**{**TEST_ENV, "SERVER_PORT": port, **overrides}))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        async with running_server(log_level="info", **overrides) as (url, _):
+            yield url
     finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
         for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
             logging.getLogger(name).setLevel(logging.WARNING)  # as the other tests' servers have it
 
