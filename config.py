@@ -162,6 +162,14 @@ class Settings(BaseSettings):
             raise ValueError("SSL_CERTFILE and SSL_KEYFILE must be set together")
         return self
 
+    @field_validator("SIGNING_KEY", "TURN_SECRET")
+    @classmethod
+    def _strong_key(cls, v: Optional[str]) -> Optional[str]:
+        # a short key is guessed offline from one signed URL or one set of TURN credentials
+        if v is not None and len(v.encode()) < 32:
+            raise ValueError("must be at least 32 bytes long")
+        return v
+
     @model_validator(mode="after")
     def _auth_keys(self) -> "Settings":
         """With AUTH_MODE=jwt every listed algorithm needs a usable key (checked here, once)."""
@@ -172,8 +180,10 @@ class Settings(BaseSettings):
         if any(a.startswith("HS") for a in self.JWT_ALGORITHMS):
             if not self.JWT_SECRET:
                 raise ValueError("JWT_SECRET must be set when AUTH_MODE=jwt and JWT_ALGORITHMS lists an HS algorithm")
-            if len(self.JWT_SECRET.encode()) < 32:
-                raise ValueError("JWT_SECRET must be at least 32 bytes long")
+            needed = max(int(a[2:]) // 8 for a in self.JWT_ALGORITHMS if a.startswith("HS"))  # RFC 7518 §3.2
+            if len(self.JWT_SECRET.encode()) < needed:
+                raise ValueError(f"JWT_SECRET must be at least {needed} bytes long for "
+                                 f"{', '.join(a for a in self.JWT_ALGORITHMS if a.startswith('HS'))}")
         if any(not a.startswith("HS") for a in self.JWT_ALGORITHMS):
             if not (self.JWT_PUBLIC_KEY_FILE or self.JWT_JWKS_FILE):
                 raise ValueError("JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE must be set when JWT_ALGORITHMS lists "
@@ -209,7 +219,8 @@ def _one_line(exc: Exception) -> str:
             return f"Invalid setting: {err['msg'].removeprefix('Value error, ')}"
         got = err.get("input")
         # scalars are echoed to help; lists and maps are not (they may hold credentials)
-        shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and len(repr(got)) < 80 else ""
+        secret = any(word in str(err["loc"][0]) for word in ("SECRET", "KEY", "PASSWORD", "TOKEN"))
+        shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and len(repr(got)) < 80 and not secret else ""
         return redact(f"Invalid setting {err['loc'][0]}: {err['msg']}{shown}")
     # SettingsError: pydantic-settings could not decode a JSON value.
     return redact(f"Invalid setting: {exc}")

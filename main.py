@@ -27,7 +27,7 @@ from api.catalog import router as catalog_router
 from api.deps import Services, ServicesDep
 from api.errors import error_responses, install_error_handlers
 from api.middleware import BodySizeLimit
-from api.tokens import TokenVerifier, UrlSigner
+from api.tokens import KeyFileError, TokenVerifier, UrlSigner
 from compat.aiortc import self_check
 from compat.uvicorn import install as limit_connections
 from compat.uvicorn import self_check as check_uvicorn
@@ -171,9 +171,8 @@ def token_verifier(settings: Settings) -> TokenVerifier:
     try:
         return TokenVerifier(settings.JWT_ALGORITHMS, settings.JWT_SECRET, settings.JWT_PUBLIC_KEY_FILE,
                              settings.JWT_JWKS_FILE, settings.JWT_ISSUER, settings.JWT_AUDIENCE, settings.JWT_LEEWAY_S)
-    except Exception as exc:  # a key file that does not parse
-        name = "JWT_JWKS_FILE" if settings.JWT_JWKS_FILE else "JWT_PUBLIC_KEY_FILE"
-        raise InvalidSettings(f"Invalid setting {name}: cannot read a key from it ({type(exc).__name__})") from None
+    except KeyFileError as exc:  # a key file that does not parse: one line naming it
+        raise InvalidSettings(str(exc)) from None
 
 
 def configured_sources(settings: Settings) -> dict[str, SourceSpec]:

@@ -39,7 +39,7 @@ class SignedUrlResponse(BaseModel):
 async def signed_url(body: SignedUrlRequest, services: ServicesDep, caller: ViewerDep) -> SignedUrlResponse:
     """A URL bound to this path, to the caller's subject and to the scope the path needs. No
     bearer token ever travels in a URL: this is what `<img src>` and `<video src>` use."""
-    scope = next((scope for pattern, scope in SIGNABLE if pattern.match(body.path)), None)
+    scope = next((scope for pattern, scope in SIGNABLE if pattern.fullmatch(body.path)), None)
     if scope is None:
         raise ApiError(400, "Only media paths can be signed (e.g. /api/sources/<name>/snapshot.jpg).", "bad_request")
     if not caller.can(scope):

@@ -30,7 +30,9 @@ bearer = HTTPBearer(auto_error=False, description="A JWT from your identity prov
 
 
 def _unauthorized(detail: str, error: Optional[str] = "invalid_token") -> ApiError:
-    challenge = "Bearer" if error is None else f'Bearer error="{error}", error_description="{detail}"'
+    # RFC 6750: error_description is printable ASCII without '"' or '\\'
+    safe = "".join(c for c in detail if 0x20 <= ord(c) < 0x7F and c not in '"\\')
+    challenge = "Bearer" if error is None else f'Bearer error="{error}", error_description="{safe}"'
     return ApiError(401, detail, "invalid_token", headers={"WWW-Authenticate": challenge})
 
 

@@ -40,6 +40,12 @@ class Principal:
 ANONYMOUS = Principal("anonymous", frozenset(SCOPES))
 
 
+class KeyFileError(ValueError):
+    def __init__(self, setting: str, reason: str) -> None:
+        super().__init__(f"Invalid setting {setting}: {reason}")
+        self.setting = setting
+
+
 class TokenError(Exception):
     """The token is refused; the message says why, never echoing the token."""
 
@@ -51,20 +57,31 @@ class TokenVerifier:
         self.algorithms = list(algorithms)
         self.secret = secret
         # parsed now, so that a key file that does not parse stops start-up rather than every request
-        self.public_key = (serialization.load_pem_public_key(public_key_file.read_bytes())
-                           if public_key_file else None)
-        self.jwks = jwt.PyJWKSet.from_json(jwks_file.read_text()) if jwks_file else None
+        try:
+            self.public_key = (serialization.load_pem_public_key(public_key_file.read_bytes())
+                               if public_key_file else None)
+        except Exception as exc:
+            raise KeyFileError("JWT_PUBLIC_KEY_FILE", f"not a PEM public key ({type(exc).__name__})") from None
+        try:
+            self.jwks = jwt.PyJWKSet.from_json(jwks_file.read_text()) if jwks_file else None
+        except Exception as exc:
+            raise KeyFileError("JWT_JWKS_FILE", f"not a usable JWKS ({type(exc).__name__})") from None
+        if self.jwks is not None and len(self.jwks.keys) > 1 and any(not k.key_id for k in self.jwks.keys):
+            raise KeyFileError("JWT_JWKS_FILE", "every key of a JWKS with several keys needs a kid")
         self.issuer, self.audience, self.leeway = issuer, audience, leeway_s
 
     def _key(self, header: dict):
-        alg = header.get("alg")
-        if alg not in self.algorithms:
-            raise TokenError(f"The token's algorithm {str(alg)[:20]!r} is not accepted here.")
+        alg = header.get("alg") if isinstance(header, dict) else None
+        if not isinstance(alg, str) or alg not in self.algorithms:
+            raise TokenError("The token's algorithm is not accepted here.")  # never echo token parts
         if alg.startswith("HS"):
             return self.secret
-        if self.jwks is not None and (header.get("kid") or self.public_key is None):
+        kid = header.get("kid")
+        if self.jwks is not None and (kid or self.public_key is None):
+            if not kid and len(self.jwks.keys) == 1:
+                return self.jwks.keys[0].key  # a one-key JWKS: no kid needed
             try:
-                return self.jwks[str(header.get("kid"))].key
+                return self.jwks[str(kid)].key
             except KeyError:
                 raise TokenError("The token's key id (kid) is unknown.") from None
         return self.public_key
@@ -91,11 +108,16 @@ class TokenVerifier:
             raise TokenError("The token's signature does not verify.") from None
         except jwt.InvalidAlgorithmError:
             raise TokenError("The token's algorithm is not accepted here.") from None
-        except (jwt.InvalidTokenError, KeyError, ValueError, TypeError):
+        except jwt.InvalidKeyError:
+            raise TokenError("The token's key does not fit its algorithm.") from None
+        except (jwt.PyJWTError, KeyError, ValueError, TypeError):
             raise TokenError("The token is malformed.") from None
+        sub = claims["sub"]
+        if not isinstance(sub, str) or not 1 <= len(sub) <= 128:
+            raise TokenError("The token's subject (sub) must be a string of 1 to 128 characters.")
         scope = claims.get("scope", "")
-        scopes = frozenset(scope.split()) if isinstance(scope, str) else frozenset()
-        return Principal(str(claims["sub"])[:128], scopes & frozenset(SCOPES))
+        scopes = frozenset(scope.split()[:16]) if isinstance(scope, str) else frozenset()
+        return Principal(sub, scopes & frozenset(SCOPES))
 
 
 class UrlSigner:
@@ -125,7 +147,8 @@ class UrlSigner:
         now = time.time()
         if expiry < now or expiry > now + self.ttl_s + 1:
             return False
-        return hmac.compare_digest(self._mac(method, path, expiry, sub, scope), sig)
+        # bytes: compare_digest refuses non-ASCII text (a client-given sig must never be a 500)
+        return hmac.compare_digest(self._mac(method, path, expiry, sub, scope).encode(), sig.encode("utf-8", "replace"))
 
 
 def mint_token(secret: str, sub: str, scope: str, ttl_s: int, algorithm: str = "HS256", **claims) -> str:

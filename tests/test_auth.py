@@ -246,6 +246,9 @@ def test_url_signer_binds_path_subject_scope_and_time():
     ({"AUTH_MODE": "jwt", "JWT_SECRET": "too-short"}, "32 bytes"),
     ({"AUTH_MODE": "jwt", "JWT_ALGORITHMS": ["RS256"]}, "JWT_PUBLIC_KEY_FILE"),
     ({"AUTH_MODE": "jwt", "JWT_ALGORITHMS": ["none"], "JWT_SECRET": SECRET}, "JWT_ALGORITHMS"),
+    ({"AUTH_MODE": "jwt", "JWT_ALGORITHMS": ["HS512"], "JWT_SECRET": SECRET}, "64 bytes"),
+    ({"SIGNING_KEY": "short-key"}, "SIGNING_KEY"),
+    ({"TURN_SECRET": "short-secret"}, "TURN_SECRET"),
 ])
 def test_start_up_without_a_usable_key_stops_with_one_line(settings, fragment):
     from config import InvalidSettings
@@ -253,6 +256,7 @@ def test_start_up_without_a_usable_key_stops_with_one_line(settings, fragment):
     with pytest.raises(InvalidSettings) as stopped:
         load_settings(**settings)
     assert fragment in stopped.value.code and "\n" not in stopped.value.code
+    assert "short-" not in stopped.value.code, "a secret setting's value is never echoed"
 
 
 async def test_tokens_and_signatures_never_reach_a_log(caplog):

@@ -50,8 +50,8 @@ SHAPES: dict[str, tuple[str, tuple[str, ...]]] = {
 ALWAYS_ON = ("at", "quote", "quotes", "ipv6", "query", "pct", "pathseg", "hash", "slash", "rtmp")
 FAST = {"RTSP_OPEN_TIMEOUT_S": 0.5, "RTSP_STALL_TIMEOUT_S": 0.5, "RTSP_RECONNECT_MAX_S": 1.0}
 ALL_SECRETS = [s for _, secrets in SHAPES.values() for s in secrets]
-KEYS = {"JWT_SECRET": "Jw7-secret-0123456789abcdef0123456789", "TURN_SECRET": "Tu7-turn-secret-xyz",
-        "SIGNING_KEY": "Sk7-signing-key-0123456789"}
+KEYS = {"JWT_SECRET": "Jw7-secret-0123456789abcdef0123456789", "TURN_SECRET": "Tu7-turn-secret-xyz-0123456789abcdef",
+        "SIGNING_KEY": "Sk7-signing-key-0123456789abcdef0123"}
 TURN_CREDENTIAL = "Tc7-static-credential"
 
 
