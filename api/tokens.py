@@ -50,6 +50,22 @@ class TokenError(Exception):
     """The token is refused; the message says why, never echoing the token."""
 
 
+#: why a token is refused, by PyJWT's exception (the first match wins; subclasses come first)
+REFUSALS = [
+    (jwt.ExpiredSignatureError, "The token has expired."),
+    (jwt.ImmatureSignatureError, "The token is not valid yet (nbf or iat is in the future)."),
+    (jwt.InvalidAudienceError, "The token's audience (aud) is not this service."),
+    (jwt.InvalidIssuerError, "The token's issuer (iss) is not trusted here."),
+    (jwt.InvalidSignatureError, "The token's signature does not verify."),
+    (jwt.InvalidAlgorithmError, "The token's algorithm is not accepted here."),
+    (jwt.InvalidKeyError, "The token's key does not fit its algorithm."),
+]
+
+
+def _refusal(exc: Exception) -> str:
+    return next((text for kind, text in REFUSALS if isinstance(exc, kind)), "The token is malformed.")
+
+
 class TokenVerifier:
     def __init__(self, algorithms: list[str], secret: Optional[str] = None, public_key_file: Optional[Path] = None,
                  jwks_file: Optional[Path] = None, issuer: Optional[str] = None, audience: Optional[str] = None,
@@ -94,24 +110,10 @@ class TokenVerifier:
                                 options={"require": ["exp", "sub"], "verify_aud": self.audience is not None})
         except TokenError:
             raise
-        except jwt.ExpiredSignatureError:
-            raise TokenError("The token has expired.") from None
-        except jwt.ImmatureSignatureError:
-            raise TokenError("The token is not valid yet (nbf or iat is in the future).") from None
-        except jwt.InvalidAudienceError:
-            raise TokenError("The token's audience (aud) is not this service.") from None
-        except jwt.InvalidIssuerError:
-            raise TokenError("The token's issuer (iss) is not trusted here.") from None
         except jwt.MissingRequiredClaimError as exc:
             raise TokenError(f"The token lacks the required claim {exc.claim!r}.") from None
-        except jwt.InvalidSignatureError:
-            raise TokenError("The token's signature does not verify.") from None
-        except jwt.InvalidAlgorithmError:
-            raise TokenError("The token's algorithm is not accepted here.") from None
-        except jwt.InvalidKeyError:
-            raise TokenError("The token's key does not fit its algorithm.") from None
-        except (jwt.PyJWTError, KeyError, ValueError, TypeError):
-            raise TokenError("The token is malformed.") from None
+        except (jwt.PyJWTError, KeyError, ValueError, TypeError) as exc:
+            raise TokenError(_refusal(exc)) from None
         sub = claims["sub"]
         if not isinstance(sub, str) or not 1 <= len(sub) <= 128:
             raise TokenError("The token's subject (sub) must be a string of 1 to 128 characters.")
