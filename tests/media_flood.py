@@ -59,7 +59,9 @@ def rss_bytes() -> int:
 
 
 class MemoryGuard:
-    """Calls `stop()` (e.g. closing the flooding client) if this process grows past `limit`."""
+    """Calls `stop()` (e.g. closing the flooding client) if this process grows past `limit`, and
+    ends the process (the in-process server with it) past 1.5 × `limit`: the server goes, never
+    the box."""
 
     def __init__(self, stop, limit: int = 3 * 2**30) -> None:
         self.limit, self.stop, self.tripped = limit, stop, False
@@ -75,6 +77,9 @@ class MemoryGuard:
             if self.peak > self.limit and not self.tripped:
                 self.tripped = True
                 asyncio.run_coroutine_threadsafe(self.stop(), self._loop)
+            if self.peak > 1.5 * self.limit:
+                os.write(2, f"memory guard: {self.peak >> 20} MB, ending the test process\n".encode())
+                os._exit(3)
 
     def close(self) -> None:
         self._done.set()

@@ -12,7 +12,6 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from fastapi.routing import APIRoute
 from starlette.routing import Mount
 
 from api.tokens import UrlSigner, mint_token

@@ -157,3 +157,16 @@ async def test_a_flapping_stage_degrades_health_while_the_video_goes_on(monkeypa
             frames = await viewer.receive(30)  # the clock thread is not the stuck one
             assert len(frames) == 30
         await viewer.close()
+
+
+def test_a_join_that_times_out_is_logged_and_the_thread_ends_on_its_own(caplog):
+    release = threading.Event()
+    worker = Worker("vg-test-slow-stop", lambda: release.wait(30))
+    worker.start()
+    assert wait_for(lambda: worker.alive)
+    with caplog.at_level("WARNING", logger="visionguard.workers"):
+        worker.stop(timeout=0.2)  # its step is still blocked
+    assert "vg-test-slow-stop did not stop within" in caplog.text
+    assert worker.alive
+    release.set()
+    assert wait_for(lambda: not worker.alive), "it ends after its current step"
