@@ -81,6 +81,7 @@ class AIProcessedStream(VideoStreamTrack):
 
     def _sent(self, out, media):
         self.frames_sent += 1
+        self.pipeline.sent_counter.inc()
         self.last_frame_id = out.frame_id
         return media
 

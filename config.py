@@ -119,10 +119,22 @@ class Settings(BaseSettings):
     TURN_SECRET: Optional[str] = None  # coturn's static-auth-secret: time-limited TURN credentials
     TURN_TTL_S: int = Field(3600, ge=60, le=7 * 86400)
 
+    # Events (doc/API_DOCUMENTATION.md "Events")
+    EVENT_HOLD_S: float = Field(5.0, gt=0, le=3600)  # this long without a person ends a visit
+    EVENTS_MAX: int = Field(1000, ge=1, le=100_000)  # newest events kept (memory and on reload)
+    EVENTS_FILE: Optional[Path] = Path("./events.jsonl")  # JSON lines, rotated at 10 MB; empty = not kept
+    SSE_CLIENT_BUFFER: int = Field(100, ge=1, le=100_000)  # undelivered events per SSE client before it is cut
+    SSE_KEEPALIVE_S: float = Field(15.0, gt=0, le=300)
+
     # What a client may make the server decode (camera mode), checked on encoded frames
     CAMERA_MAX_WIDTH: int = Field(1920, ge=16, le=16384)
     CAMERA_MAX_HEIGHT: int = Field(1080, ge=16, le=16384)
     CAMERA_MAX_FPS: float = Field(60.0, gt=0, le=240)
+
+    @field_validator("EVENTS_FILE", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("STUN_SERVERS", mode="after")
     @classmethod

@@ -15,9 +15,10 @@ import threading
 from typing import Callable, Optional
 
 from core.memory import trim_heap
+from core.metrics import Metrics
 from core.workers import Worker
 from detectors import ModelEntry
-from model import AIProcessor, EncodeSettings
+from model import AIProcessor, EncodeSettings, StageMeters
 from sources import FrameSource, SourceSpec, open_source
 from sources.capture import Capture
 
@@ -28,7 +29,8 @@ STAGE_STUCK_S = 30.0  # far above any model's time per frame; captures have thei
 
 class PipelineHub:
     def __init__(self, width: int, height: int, fps: int, open_timeout: float = 5.0, read_timeout: float = 5.0,
-                 retry_max_s: float = 30.0, encode: EncodeSettings = EncodeSettings()) -> None:
+                 retry_max_s: float = 30.0, encode: EncodeSettings = EncodeSettings(),
+                 metrics: Optional[Metrics] = None) -> None:
         self.width, self.height, self.fps = width, height, fps
         self.encode = encode
         self.open_timeout, self.read_timeout, self.retry_max_s = open_timeout, read_timeout, retry_max_s
@@ -38,6 +40,10 @@ class PipelineHub:
         self._pipelines: dict[tuple[str, str], AIProcessor] = {}
         self._lock = threading.Lock()  # the watchdog and stats read while the loop mutates
         self._watchdog: Optional[Worker] = None
+        self.metrics = metrics or Metrics()
+        #: called on the loop with (pipeline, True) once it has started and (pipeline, False)
+        #: when its last viewer has left, before it stops (the event detector follows pipelines)
+        self.watchers: list[Callable[[AIProcessor, bool], None]] = []
         #: lifetime counters, for tests and /info
         self.captures_started = 0
         self.pipelines_started = 0
@@ -54,8 +60,11 @@ class PipelineHub:
                 capture = self._captures.get(spec.name)
                 if capture is None:
                     previous = self._retiring.get(spec.name)
+                    m, label = self.metrics, spec.metric_label
                     capture = Capture(spec, source_factory or self._opener(spec), self.width, self.height,
-                                      self.fps, self.retry_max_s, after=previous.released if previous else None)
+                                      self.fps, self.retry_max_s, after=previous.released if previous else None,
+                                      frames_counter=m.source_frames.labels(label),
+                                      reconnects_counter=m.source_reconnects.labels(label))
                     capture.start()
                     self._captures[spec.name] = capture
                     self._capture_users[spec.name] = 0
@@ -63,7 +72,8 @@ class PipelineHub:
                 self._capture_users[spec.name] += 1
                 try:
                     pipeline = AIProcessor(capture, model.instance, model.name, self.fps, notice, model.record,
-                                           self.encode)
+                                           self.encode, self._meters(spec, model.name),
+                                           self.metrics.sent_frames.labels(spec.metric_label))
                     for worker in pipeline.workers:
                         worker.stuck_after = STAGE_STUCK_S
                     pipeline.start(loop)
@@ -76,9 +86,26 @@ class PipelineHub:
                 self._pipelines[(spec.name, model.name)] = pipeline
                 self.pipelines_started += 1
                 log.info("pipeline %s/%s started", spec.name, model.name)
+                started = True
+            else:
+                started = False
             pipeline.viewers += 1
             self._ensure_watchdog()
-            return pipeline
+        if started:
+            self._tell_watchers(pipeline, True)
+        return pipeline
+
+    def _meters(self, spec: SourceSpec, model: str) -> StageMeters:
+        m, label = self.metrics, spec.metric_label
+        return StageMeters(m.processed_frames.labels(label, model), m.skipped_frames.labels(label, model),
+                           m.inference.labels(model))
+
+    def _tell_watchers(self, pipeline: AIProcessor, started: bool) -> None:
+        for watcher in list(self.watchers):
+            try:
+                watcher(pipeline, started)
+            except Exception:  # an observer never breaks the video
+                log.exception("a pipeline watcher failed")
 
     def hold(self, spec: SourceSpec, model: ModelEntry, notice: str = "") -> AIProcessor:
         """Keep a pipeline running with no viewer (a source's `always_on`), until stop_all."""
@@ -106,6 +133,7 @@ class PipelineHub:
                 self._retiring[pipeline.source] = retired
                 to_stop.append(retired)
                 del self._capture_users[pipeline.source]
+        self._tell_watchers(pipeline, False)
         # joining threads blocks: keep it off the event loop
         await asyncio.to_thread(_stop_all, to_stop)
         if retired is not None:

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.access import router as access_router
 from api.auth import AUTH_ERRORS, AdminDep
+from api.banner import print_banner
 from api.catalog import router as catalog_router
 from api.deps import Services, ServicesDep
 from api.errors import error_responses, install_error_handlers
@@ -32,8 +33,8 @@ from compat.aiortc import self_check
 from compat.uvicorn import install as limit_connections
 from compat.uvicorn import self_check as check_uvicorn
 from config import APP_NAME, APP_VERSION, InvalidSettings, Settings, get_settings, load_settings
-from core.redact import (clip_lines, install_log_redaction, public, redact, register_secrets,
-                         register_server_paths)
+from core.metrics import Metrics
+from core.redact import install_log_redaction, public, register_secrets, register_server_paths
 from detectors import ModelLoadError, ModelRegistry
 from hub import PipelineHub
 from pipeline.encoders import EncodeSettings
@@ -155,13 +156,14 @@ def build_services(settings: Settings) -> Services:
     for spec in sources.values():
         if spec.model is not None and spec.model not in models:
             raise InvalidSettings(f"Invalid setting SOURCES: source {spec.name!r} names unknown model {spec.model!r}")
+    metrics = Metrics()
     hub = PipelineHub(settings.DEFAULT_WIDTH, settings.DEFAULT_HEIGHT, settings.TARGET_FPS,
                       settings.RTSP_OPEN_TIMEOUT_S, settings.RTSP_STALL_TIMEOUT_S, settings.RTSP_RECONNECT_MAX_S,
-                      EncodeSettings(settings.VIDEO_BITRATE, settings.KEYFRAME_INTERVAL))
+                      EncodeSettings(settings.VIDEO_BITRATE, settings.KEYFRAME_INTERVAL), metrics)
     jwt_on = settings.AUTH_MODE == "jwt"
     sessions = SessionManager(settings.MAX_SESSIONS, settings.CONNECT_TIMEOUT, settings.PEER_INACTIVITY_TIMEOUT,
                               settings.MAX_SESSIONS_PER_SUBJECT if jwt_on else None)
-    return Services(settings=settings, sources=sources, models=models, hub=hub, sessions=sessions,
+    return Services(settings=settings, sources=sources, models=models, hub=hub, sessions=sessions, metrics=metrics,
                     default_model=settings.DEFAULT_MODEL, tokens=token_verifier(settings) if jwt_on else None,
                     signer=UrlSigner(settings.SIGNING_KEY.encode() if settings.SIGNING_KEY else None,
                                      settings.SIGNED_URL_TTL_S))
@@ -273,43 +275,6 @@ def _video_available(hub: PipelineHub, spec) -> bool:
     """False only while the default source is known to be down."""
     capture = hub.capture_for(spec.name)
     return capture is None or capture.state not in ("failed", "reconnecting")
-
-
-def print_banner(settings: Settings, spec) -> None:
-    """What runs, where, and how open it is: on stdout, through the same redaction as the logs."""
-    host = "localhost" if settings.SERVER_HOST in ("0.0.0.0", "::") else settings.SERVER_HOST
-    scheme = "https" if settings.SSL_CERTFILE else "http"
-    base = f"{scheme}://{host}:{settings.SERVER_PORT}"
-    line = "=" * 70
-    if spec.kind == "file":
-        video = f"✓ Video file found: {spec.display}"
-    elif spec.kind == "rtsp":
-        video = f"✓ Source: {spec.display} ({spec.url.split('://', 1)[0].upper()})"
-    elif spec.kind == "device":
-        video = f"✓ Source: {spec.display}"
-    elif settings.VIDEO_FILE_PATH and settings.VIDEO_FILE_PATH != "synthetic":
-        video = (f"⚠ Video file not found: {display_name(settings.VIDEO_FILE_PATH, settings.media_dir)} "
-                 "(streaming the built-in synthetic source)")
-    elif settings.VIDEO_FILE_PATH == "synthetic":
-        video = "✓ Source: the built-in synthetic source"
-    else:
-        video = "✓ No VIDEO_FILE_PATH set: streaming the built-in synthetic source"
-    jwt_on = settings.AUTH_MODE == "jwt"
-    auth = (f"✓ Auth: JWT ({', '.join(settings.JWT_ALGORITHMS)})" if jwt_on
-            else "⚠ Auth: off — anyone who reaches the port can watch every camera")
-    if "*" not in settings.CORS_ORIGINS:
-        cors = f"✓ CORS: Allowing {', '.join(settings.CORS_ORIGINS)}"
-    elif jwt_on:
-        cors = "⚠ CORS: Allowing all origins with auth on (set CORS_ORIGINS to the sites that may call the API)"
-        log.warning("CORS_ORIGINS allows every origin ('*') while AUTH_MODE=jwt: any web page can call the API "
-                    "with a token it holds; set CORS_ORIGINS to the sites that may call it")
-    else:
-        cors = "✓ CORS: Allowing all origins (development mode)"
-    text = "\n".join([
-        line, f"Starting {APP_NAME} v{APP_VERSION}", line, video, auth, cors,
-        f"✓ Demo:     {base}/demo", f"✓ API docs: {base}/docs", f"✓ Health:   {base}/health",
-        "✓ Application started successfully", line])
-    print(clip_lines(redact(text)), flush=True)
 
 
 def _logging(settings: Settings) -> None:

@@ -18,22 +18,24 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from core.metrics import NOOP
 from core.slots import LatestSlot
 from core.workers import Worker
 from pipeline.encoder_pool import EncoderPool
 from pipeline.encoders import EncodeSettings
 from pipeline.fanout import ResultFanout
 from pipeline.frames import VIDEO_CLOCK_RATE, OutFrame, ProcessedFrame
-from pipeline.stage import ProcessStage
+from pipeline.stage import ProcessStage, StageMeters
 from pipeline.ticker import Ticker
 
-__all__ = ["AIProcessor", "EncodeSettings", "OutFrame", "ProcessedFrame", "VIDEO_CLOCK_RATE"]
+__all__ = ["AIProcessor", "EncodeSettings", "OutFrame", "ProcessedFrame", "StageMeters", "VIDEO_CLOCK_RATE"]
 
 
 class AIProcessor:
     def __init__(self, capture: Any, processor: Any, model: str, fps: int, notice: str = "",
                  on_timing: Optional[Callable[[float], None]] = None,
-                 encode: EncodeSettings = EncodeSettings()) -> None:
+                 encode: EncodeSettings = EncodeSettings(), meters: Optional[StageMeters] = None,
+                 sent_counter: Any = NOOP) -> None:
         self.capture = capture  # sources.capture.Capture: its slot, state and measured fps
         self.source = capture.spec.name
         self.model = model
@@ -41,6 +43,7 @@ class AIProcessor:
         self.width, self.height = capture.width, capture.height
         self.viewers = 0  # sessions watching, plus holds (always_on)
         self.held = 0
+        self.sent_counter = sent_counter  # frames sent to viewers, for /metrics (each viewer counts)
         tag = f"{self.source}-{self.model}"
         self.encoders = EncoderPool(self.width, self.height, fps, encode)
         self.fanout: ResultFanout[ProcessedFrame] = ResultFanout()
@@ -50,7 +53,7 @@ class AIProcessor:
         self.stage = ProcessStage(
             f"vg-proc-{tag}", capture.slot, processor, model, self.width, self.height, notice,
             source_fps=lambda: capture.measured_fps, next_pts=self.ticker.next_pts,
-            on_result=self.fanout.publish, on_timing=on_timing, results=results)
+            on_result=self.fanout.publish, on_timing=on_timing, results=results, meters=meters)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:

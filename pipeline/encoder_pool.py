@@ -31,6 +31,8 @@ class EncoderPool:
         # encoder's context must never be used by two threads at once
         self._encoding = threading.Lock()
         self._retry: dict[str, tuple[float, float]] = {}  # codec → (not before, next delay) after a failure
+        #: codec → (consecutive failed attempts, the last error), while it keeps failing: /health
+        self.failing: dict[str, tuple[int, str]] = {}
 
     # -- event loop side --------------------------------------------------------------
     def use(self, codec: str) -> None:
@@ -65,6 +67,8 @@ class EncoderPool:
             wanted = [codec for codec, users in self._users.items() if users > 0]
             for codec in [c for c in self.encoders if c not in wanted]:
                 del self.encoders[codec]
+            for codec in [c for c in self.failing if c not in wanted]:
+                del self.failing[codec]
         encoded = {}
         now = time.monotonic()
         for codec in wanted:
@@ -79,13 +83,16 @@ class EncoderPool:
                         self.encoders[codec] = encoder
                 encoded[codec] = encoder.encode(i420, tick, pts)
                 self._retry.pop(codec, None)
+                self.failing.pop(codec, None)
             except Exception as exc:  # replaced (from a keyframe) after a backoff; the other codec goes on
                 with self._lock:
                     self.encoders.pop(codec, None)
                 delay = self._retry.get(codec, (0.0, RETRY_MIN_S))[1]
                 self._retry[codec] = (now + delay, min(delay * 2, RETRY_MAX_S))
+                message = f"{codec} encoder: {type(exc).__name__}: {exc}"
+                self.failing[codec] = (self.failing.get(codec, (0, ""))[0] + 1, message)
                 if self.on_error is not None:
-                    self.on_error(f"{codec} encoder: {type(exc).__name__}: {exc}")
+                    self.on_error(message)
         return encoded
 
     def stats(self) -> list[dict]:

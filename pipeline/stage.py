@@ -5,13 +5,23 @@ model ran are skipped (counted), never queued."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from core.meters import RateMeter
+from core.metrics import NOOP
 from core.slots import LatestSlot
 from core.workers import Worker
 from pipeline.frames import ProcessedFrame, detections_message
 from pipeline.overlay import render
+
+
+@dataclass
+class StageMeters:
+    """Where a stage counts for /metrics (`core.metrics` children; nothing by default)."""
+    processed: Any = NOOP
+    skipped: Any = NOOP
+    inference: Any = NOOP
 
 
 class ProcessStage:
@@ -20,7 +30,7 @@ class ProcessStage:
                  next_pts: Callable[[], int] = lambda: 0,
                  on_result: Optional[Callable[[ProcessedFrame], None]] = None,
                  on_timing: Optional[Callable[[float], None]] = None,
-                 results: Optional[LatestSlot[ProcessedFrame]] = None) -> None:
+                 results: Optional[LatestSlot[ProcessedFrame]] = None, meters: "StageMeters | None" = None) -> None:
         self.frames = frames  # the capture's slot of CapturedFrame (frame_id, ts, image)
         self.processor = processor  # `process(bgr) -> (bgr, detections)`
         self.model = model
@@ -36,6 +46,9 @@ class ProcessStage:
         self.frames_skipped = 0
         self.inference_ms = 0.0  # moving mean
         self.rate = RateMeter()
+        self.meters = meters or StageMeters()
+        #: consecutive frames the model or overlay failed on (reset by a good one): /health
+        self.failed_in_row = 0
         self._seen = 0
         self.worker = Worker(name, self._step)
 
@@ -43,16 +56,20 @@ class ProcessStage:
         seq, cap = self.frames.wait_newer(self._seen, timeout=0.25)
         if cap is None or seq <= self._seen:
             return
-        if self._seen:
+        if self._seen and seq - self._seen > 1:
             self.frames_skipped += seq - self._seen - 1
+            self.meters.skipped.inc(seq - self._seen - 1)
         self._seen = seq
+        self.failed_in_row += 1  # until this frame is through
         t0 = time.perf_counter()
         image, detections = self.processor.process(cap.image)
         ms = (time.perf_counter() - t0) * 1000
+        self.meters.inference.observe(ms / 1000)
         self.inference_ms = ms if not self.frames_processed else 0.9 * self.inference_ms + 0.1 * ms
         if self._on_timing:
             self._on_timing(ms)
         self.frames_processed += 1
+        self.meters.processed.inc()
         self.rate.tick()
         text = (f"{time.strftime('%H:%M:%S', time.localtime(cap.ts))}  {self._source_fps():4.1f} fps  "
                 f"{self.model} {self.rate.rate:4.1f}/s {self.inference_ms:.0f} ms")
@@ -61,6 +78,7 @@ class ProcessStage:
         message = detections_message(cap.frame_id, self._next_pts(), cap.ts, self.model, ms, self.width,
                                      self.height, detections)
         result = ProcessedFrame(cap.frame_id, cap.ts, image, detections, ms, message)
+        self.failed_in_row = 0
         if not self.worker.is_current():
             return  # a restart replaced this thread while it was stuck: its late result would go back in time
         self.results.put(result)

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from core.meters import RateMeter
+from core.metrics import NOOP
 from core.redact import redact
 from core.slots import LatestSlot
 from core.workers import Worker
@@ -43,7 +44,8 @@ class CapturedFrame:
 
 class Capture:
     def __init__(self, spec: SourceSpec, source_factory: Callable[[], FrameSource], width: int, height: int,
-                 fps: float, retry_max_s: float = 30.0, after: Optional[threading.Event] = None) -> None:
+                 fps: float, retry_max_s: float = 30.0, after: Optional[threading.Event] = None,
+                 frames_counter=NOOP, reconnects_counter=NOOP) -> None:
         self.spec = spec
         self._factory = source_factory
         self.width, self.height, self.default_fps = width, height, fps
@@ -57,6 +59,7 @@ class Capture:
         self.native_size: Optional[tuple[int, int]] = None
         self.retry_delays: deque[float] = deque(maxlen=20)  # the backoff as it happened, for /info and tests
         self.rate = RateMeter()
+        self._frames_counter, self._reconnects_counter = frames_counter, reconnects_counter  # /metrics
         self._source: Optional[FrameSource] = None
         self._retry = RETRY_MIN_S
         self._due = 0.0
@@ -106,6 +109,7 @@ class Capture:
             image = cv2.resize(image, (self.width, self.height), interpolation=cv2.INTER_AREA)
         image.flags.writeable = False  # shared by every pipeline: nobody draws on it
         self.frames += 1
+        self._frames_counter.inc()
         self.slot.put(CapturedFrame(self.frames, time.time(), image))
         self.rate.tick()
         if self.state != "live":
@@ -132,6 +136,7 @@ class Capture:
         """Close, record, and wait (exponential backoff with jitter) before the next open."""
         self._close()
         self.failures += 1
+        self._reconnects_counter.inc()  # every failure is followed by another open
         self.last_error = redact(message)
         if self.state == "live" and time.monotonic() - self._live_since >= RESET_AFTER_S:
             self._retry = RETRY_MIN_S

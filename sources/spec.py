@@ -32,6 +32,14 @@ class SourceSpec:
     label: Optional[str] = None
 
     @property
+    def metric_label(self) -> str:
+        """The `source` label in /metrics: a viewer's own camera is `camera`, an offer's file is
+        `file` (no session id or path becomes a label)."""
+        if self.kind == "camera":
+            return "camera"
+        return "file" if self.name.startswith("file:") else self.name
+
+    @property
     def display(self) -> str:
         """What the API shows: never a full server path, never credentials."""
         if self.kind == "file":
