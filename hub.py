@@ -182,6 +182,11 @@ class PipelineHub:
     def capture_for(self, source: str) -> Optional[Capture]:
         return self._captures.get(source)
 
+    def running(self) -> tuple[list[Capture], list[AIProcessor]]:
+        """The captures and pipelines running now (for /metrics and /health)."""
+        with self._lock:
+            return list(self._captures.values()), list(self._pipelines.values())
+
     def pipelines_for(self, source: str) -> list[AIProcessor]:
         with self._lock:
             return [p for (name, _), p in self._pipelines.items() if name == source]

@@ -27,12 +27,16 @@ from api.banner import print_banner
 from api.catalog import router as catalog_router
 from api.deps import Services, ServicesDep
 from api.errors import error_responses, install_error_handlers
+from api.health import problems as health_problems
+from api.metrics import CountOffers, install_collector
+from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimit
 from api.tokens import KeyFileError, TokenVerifier, UrlSigner
 from compat.aiortc import self_check
 from compat.uvicorn import install as limit_connections
 from compat.uvicorn import self_check as check_uvicorn
 from config import APP_NAME, APP_VERSION, InvalidSettings, Settings, get_settings, load_settings
+from core.looplag import LoopLag
 from core.metrics import Metrics
 from core.redact import install_log_redaction, public, register_secrets, register_server_paths
 from detectors import ModelLoadError, ModelRegistry
@@ -114,6 +118,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         except ValueError as exc:
             raise InvalidSettings(f"Invalid setting ICE_HOST_ADDRESSES: {exc}") from None
         await load_default_model(services)
+        services.loop_lag.start()
         services.sessions.start()
         await start_always_on(services)
         # on the uvicorn server running this app, however it was started (doc/SECURITY.md)
@@ -122,6 +127,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         yield
         await services.sessions.close_all()
         await asyncio.to_thread(services.hub.stop_all)
+        await services.loop_lag.stop()
         connections.uninstall()
         log.info("shut down: every session closed, every pipeline stopped")
 
@@ -133,6 +139,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     )
     app.state.services = services
     app.add_middleware(BodySizeLimit, max_bytes=settings.MAX_BODY_BYTES)
+    app.add_middleware(CountOffers, counter=services.metrics.offers)  # outside the 413: it is counted too
     app.add_middleware(
         CORSMiddleware, allow_origins=settings.CORS_ORIGINS, allow_methods=["*"], allow_headers=["*"],
         allow_credentials="*" not in settings.CORS_ORIGINS)
@@ -140,6 +147,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.include_router(router)
     app.include_router(catalog_router)
     app.include_router(access_router)
+    app.include_router(metrics_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_root_routes(app)
     return app
@@ -163,10 +171,14 @@ def build_services(settings: Settings) -> Services:
     jwt_on = settings.AUTH_MODE == "jwt"
     sessions = SessionManager(settings.MAX_SESSIONS, settings.CONNECT_TIMEOUT, settings.PEER_INACTIVITY_TIMEOUT,
                               settings.MAX_SESSIONS_PER_SUBJECT if jwt_on else None)
-    return Services(settings=settings, sources=sources, models=models, hub=hub, sessions=sessions, metrics=metrics,
-                    default_model=settings.DEFAULT_MODEL, tokens=token_verifier(settings) if jwt_on else None,
-                    signer=UrlSigner(settings.SIGNING_KEY.encode() if settings.SIGNING_KEY else None,
-                                     settings.SIGNED_URL_TTL_S))
+    services = Services(settings=settings, sources=sources, models=models, hub=hub, sessions=sessions,
+                        metrics=metrics, loop_lag=LoopLag(metrics.loop_lag),
+                        default_model=settings.DEFAULT_MODEL,
+                        tokens=token_verifier(settings) if jwt_on else None,
+                        signer=UrlSigner(settings.SIGNING_KEY.encode() if settings.SIGNING_KEY else None,
+                                         settings.SIGNED_URL_TTL_S))
+    install_collector(services)
+    return services
 
 
 def token_verifier(settings: Settings) -> TokenVerifier:
@@ -226,20 +238,8 @@ def _add_root_routes(app: FastAPI) -> None:
 
     @app.get("/health", response_model=HealthResponse, tags=["service"], summary="Health check")
     async def health(services: ServicesDep) -> HealthResponse:
-        s = services.settings
         spec = services.sources["default"]
-        problems = []
-        if s.VIDEO_FILE_PATH and s.VIDEO_FILE_PATH != "synthetic" and spec.kind == "synthetic":
-            problems.append(f"VIDEO_FILE_PATH {display_name(s.VIDEO_FILE_PATH, s.media_dir)!r} was not found; "
-                            "streaming the synthetic source instead.")
-        if services.model_notice:
-            entry = services.models.entries[s.DEFAULT_MODEL]
-            problems.append(f"DEFAULT_MODEL {s.DEFAULT_MODEL!r} failed to load ({entry.error}); "
-                            "sources use 'none'.")
-        for cap in services.hub.stats()["captures"]:
-            if cap["state"] in ("reconnecting", "failed"):
-                problems.append(f"Source {cap['source']} is {cap['state']}: {cap['last_error']}")
-        problems += services.hub.problems()
+        problems = health_problems(services)
         return HealthResponse(
             status="degraded" if problems else "healthy", service=APP_NAME, version=APP_VERSION,
             video_available=_video_available(services.hub, spec), source=public(_source_status(spec).model_dump()),

@@ -65,6 +65,9 @@ class SourceInfo(BaseModel):
     width: Optional[int] = Field(description="The source's own frame size, once seen")
     height: Optional[int]
     fps: float = Field(description="Measured frames per second read from the source")
+    processed_fps: float = Field(0.0, description="Frames per second the model processes (the busiest pipeline "
+                                 "of this source; 0 while idle)")
+    mean_inference_ms: Optional[float] = Field(None, description="That pipeline's mean inference time per frame")
     viewers: int
     model: str = Field(description="The model used when an offer names none")
     always_on: bool
@@ -76,10 +79,10 @@ class SourceInfo(BaseModel):
 class SourcesResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"sources": [
         {"name": "default", "kind": "file", "url": "vtest.avi", "state": "live", "width": 768, "height": 576,
-         "fps": 10.0, "viewers": 2, "model": "person", "always_on": False, "last_error": None,
+         "fps": 10.0, "processed_fps": 10.0, "mean_inference_ms": 17.8, "viewers": 2, "model": "person", "always_on": False, "last_error": None,
          "snapshot_url": "/api/sources/default/snapshot.jpg?exp=1764417600&sub=alice&sig=Zm9v"},
         {"name": "lobby", "kind": "rtsp", "url": "rtsp://***@10.0.0.5/stream", "state": "reconnecting",
-         "width": 1280, "height": 720, "fps": 0.0, "viewers": 1, "model": "person", "always_on": True,
+         "width": 1280, "height": 720, "fps": 0.0, "processed_fps": 0.0, "mean_inference_ms": 18.2, "viewers": 1, "model": "person", "always_on": True,
          "last_error": "cannot read rtsp://***@10.0.0.5/stream: Connection refused",
          "snapshot_url": "/api/sources/lobby/snapshot.jpg"}]}]})
 
@@ -105,11 +108,14 @@ def _source_info(hub: PipelineHub, default_model: str, spec, snapshot: Optional[
     capture = hub.capture_for(spec.name)
     pipelines = hub.pipelines_for(spec.name)
     size = capture.native_size if capture else None
+    busiest = max(pipelines, key=lambda p: p.viewers, default=None)  # the one most viewers see
     return SourceInfo(
         name=spec.name, kind=spec.kind, url=spec.display,
         state=capture.state if capture else "idle",
         width=size[0] if size else None, height=size[1] if size else None,
         fps=round(capture.measured_fps, 2) if capture else 0.0,
+        processed_fps=round(busiest.stage.rate.rate, 2) if busiest else 0.0,
+        mean_inference_ms=round(busiest.stage.inference_ms, 2) if busiest and busiest.stage.frames_processed else None,
         viewers=sum(p.viewers - p.held for p in pipelines),
         model=spec.model or default_model, always_on=spec.always_on,
         last_error=redact(capture.last_error) if capture and capture.last_error else None, snapshot_url=snapshot)

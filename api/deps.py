@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 
 from api.tokens import TokenVerifier, UrlSigner
 from config import Settings
+from core.looplag import LoopLag
 from core.metrics import Metrics
 from detectors import ModelRegistry
 from hub import PipelineHub
@@ -29,6 +30,7 @@ class Services:
     sessions: SessionManager
     default_model: str  # DEFAULT_MODEL, or `none` once it failed to load
     metrics: Metrics = field(default_factory=Metrics)  # this app's Prometheus registry (api.metrics)
+    loop_lag: LoopLag = field(default_factory=LoopLag)  # started by the lifespan (api.health reads it)
     model_notice: str = ""  # drawn on the video when the default model fell back
     internal_errors: int = 0  # requests answered 500 (each logged with its traceback)
     tokens: Optional[TokenVerifier] = None  # None: AUTH_MODE=off

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import ROOT, free_port, running_server, startup_error, write_video
 from rtc_client import connect, pts_steps
+from test_metrics import parse, value
 from test_webrtc import wait_until
 
 RTSP_FAST = {"RTSP_OPEN_TIMEOUT_S": 2, "RTSP_STALL_TIMEOUT_S": 2, "RTSP_RECONNECT_MAX_S": 1}
@@ -75,6 +76,9 @@ async def test_rtsp_viewer_survives_repeated_camera_outages(rtsp_server):
                 assert await wait_until(down, 15), f"outage {outage}: never noticed"
                 health = (await http.get("/health")).json()
                 assert health["status"] == "degraded" and "lobby" in " ".join(health["problems"])
+                down_metrics = parse((await http.get("/metrics")).text)
+                assert value(down_metrics, "visionguard_source_up", source="lobby") == 0
+                assert value(down_metrics, "visionguard_source_reconnects_total", source="lobby") >= outage + 1
                 stalled_at = viewer.messages[-1][1]["frame_id"]
                 received_before = len(watch.pts)
                 await asyncio.sleep(1.5)
@@ -94,6 +98,7 @@ async def test_rtsp_viewer_survives_repeated_camera_outages(rtsp_server):
                     f"outage {outage}: no fresh frames after the camera came back"
                 assert await watch.moving(), "the video did not move again"
                 assert (await source(http, "lobby"))["state"] == "live"
+                assert value(parse((await http.get("/metrics")).text), "visionguard_source_up", source="lobby") == 1
             capture = svc.hub.capture_for("lobby")
             assert capture.opens >= 4
             # How soon it comes back is the backoff, capped at RTSP_RECONNECT_MAX_S (1 s, jitter
