@@ -238,6 +238,10 @@ def _add_root_routes(app: FastAPI) -> None:
 
     @app.get("/health", response_model=HealthResponse, tags=["service"], summary="Health check")
     async def health(services: ServicesDep) -> HealthResponse:
+        """Always 200 while the process runs: read `status`. `degraded` lists its `problems`: a
+        source down, a pipeline stage failing on every frame, an encoder that keeps failing, a
+        thread the watchdog keeps restarting, event-loop lag p99 over 250 ms in the last minute,
+        or a start-up fallback (missing video file, default model that did not load)."""
         spec = services.sources["default"]
         problems = health_problems(services)
         return HealthResponse(

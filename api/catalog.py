@@ -79,10 +79,12 @@ class SourceInfo(BaseModel):
 class SourcesResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"sources": [
         {"name": "default", "kind": "file", "url": "vtest.avi", "state": "live", "width": 768, "height": 576,
-         "fps": 10.0, "processed_fps": 10.0, "mean_inference_ms": 17.8, "viewers": 2, "model": "person", "always_on": False, "last_error": None,
+         "fps": 10.0, "processed_fps": 10.0, "mean_inference_ms": 17.8, "viewers": 2, "model": "person",
+         "always_on": False, "last_error": None,
          "snapshot_url": "/api/sources/default/snapshot.jpg?exp=1764417600&sub=alice&sig=Zm9v"},
         {"name": "lobby", "kind": "rtsp", "url": "rtsp://***@10.0.0.5/stream", "state": "reconnecting",
-         "width": 1280, "height": 720, "fps": 0.0, "processed_fps": 0.0, "mean_inference_ms": 18.2, "viewers": 1, "model": "person", "always_on": True,
+         "width": 1280, "height": 720, "fps": 0.0, "processed_fps": 0.0, "mean_inference_ms": 18.2, "viewers": 1,
+         "model": "person", "always_on": True,
          "last_error": "cannot read rtsp://***@10.0.0.5/stream: Connection refused",
          "snapshot_url": "/api/sources/lobby/snapshot.jpg"}]}]})
 
