@@ -45,6 +45,7 @@ class SourceConfig(BaseModel):
     model: Optional[str] = None
     fps: Optional[float] = Field(None, gt=0, le=120)
     always_on: bool = False
+    record: bool = False  # recorded whenever it runs (implies always_on)
 
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -125,6 +126,15 @@ class Settings(BaseSettings):
     EVENTS_FILE: Optional[Path] = Path("./events.jsonl")  # JSON lines, rotated at 10 MB; empty = not kept
     SSE_CLIENT_BUFFER: int = Field(100, ge=1, le=100_000)  # undelivered events per SSE client before it is cut
     SSE_KEEPALIVE_S: float = Field(15.0, gt=0, le=300)
+
+    # Recording (doc/API_DOCUMENTATION.md "Recordings")
+    RECORDINGS_DIR: Path = Path("./recordings")
+    RECORDING_SEGMENT_S: float = Field(600.0, ge=5, le=86400)  # a continuous recording rolls over after this long
+    RECORDINGS_MAX_AGE_H: float = Field(168.0, gt=0)
+    RECORDINGS_MAX_BYTES: int = Field(10_000_000_000, ge=1)
+    RECORD_EVENTS: bool = False  # record each person_seen … person_gone span
+    RECORD_PRE_S: float = Field(5.0, ge=0, le=60)
+    RECORD_POST_S: float = Field(5.0, ge=0, le=600)
 
     # What a client may make the server decode (camera mode), checked on encoded frames
     CAMERA_MAX_WIDTH: int = Field(1920, ge=16, le=16384)

@@ -194,7 +194,8 @@ def configured_sources(settings: Settings) -> dict[str, SourceSpec]:
     sources = {"default": default_source(settings.VIDEO_FILE_PATH, settings.media_dir)}
     for name, cfg in settings.SOURCES.items():
         try:
-            sources[name] = parse_source(name, cfg.url, settings.media_dir, cfg.fps, cfg.model, cfg.always_on)
+            sources[name] = parse_source(name, cfg.url, settings.media_dir, cfg.fps, cfg.model, cfg.always_on,
+                                         cfg.record)
         except ValueError as exc:
             raise InvalidSettings(f"Invalid setting SOURCES: {exc}") from None
     return sources

@@ -28,6 +28,7 @@ class SourceSpec:
     fps: Optional[float] = None
     model: Optional[str] = None
     always_on: bool = False
+    record: bool = False  # recorded whenever its pipeline runs (SOURCES `record`; implies always_on)
     #: a file's name as the API shows it: relative to MEDIA_DIR, else its last part (`display`)
     label: Optional[str] = None
 
@@ -52,9 +53,9 @@ class SourceSpec:
 
 
 def parse_source(name: str, url: str, media_dir: Path, fps: Optional[float] = None,
-                 model: Optional[str] = None, always_on: bool = False) -> SourceSpec:
+                 model: Optional[str] = None, always_on: bool = False, record: bool = False) -> SourceSpec:
     """A configured source (trusted operator input). Raises ValueError for an unknown scheme."""
-    common = dict(name=name, fps=fps, model=model, always_on=always_on)
+    common = dict(name=name, fps=fps, model=model, always_on=always_on or record, record=record)
     if url == "synthetic":
         return SourceSpec(kind="synthetic", **common)
     match = _DEVICE.match(url)
