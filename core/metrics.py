@@ -12,7 +12,7 @@ files share `file` (`SourceSpec.metric_label`).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
 #: inference: 1 ms (a tiny model on a fast CPU) … 2 s (a big one on a slow box)
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -36,6 +36,7 @@ NOOP = Noop()
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds
         self.source_frames = Counter("visionguard_source_frames", "Frames captured from the source",
                                      ["source"], registry=r)
         self.processed_frames = Counter("visionguard_processed_frames", "Frames the model processed",
