@@ -111,10 +111,13 @@ async def _stream(service: EventService, source: Optional[str], resume: Optional
                     quiet = 0.0
                     yield ": keep-alive\n\n"
                 continue
-            event, getter, quiet = getter.result(), None, 0.0
-            if event["id"] > last_id:  # the backlog may have had it already
-                yield _sse(render(event))
-                last_id = event["id"]
+            ready, getter, quiet = [getter.result()], None, 0.0
+            while not sub.queue.empty():  # all that is waiting, in one go
+                ready.append(sub.queue.get_nowait())
+            for event in ready:
+                if event["id"] > last_id:  # the backlog may have had it already
+                    yield _sse(render(event))
+                    last_id = event["id"]
     finally:
         if getter is not None:
             getter.cancel()

@@ -35,6 +35,7 @@ log = logging.getLogger("visionguard.events")
 
 CHECK_INTERVAL_S = 0.25  # how often open visits are checked against the hold time
 JPEG_QUALITY = 85
+BATCH = 256  # events written to the file in one go, at most (a burst)
 
 
 class Subscriber:
@@ -54,6 +55,15 @@ class _Job:
     visit_id: Optional[str]
     ts: float
     future: Optional[asyncio.Future]
+
+
+def _settle(future: Optional[asyncio.Future], result: Optional[dict] = None,
+            exc: Optional[BaseException] = None) -> None:
+    if future is not None and not future.done():
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
 
 
 def encode_jpeg(image: np.ndarray) -> Optional[bytes]:
@@ -182,18 +192,35 @@ class EventService:
         return await future
 
     async def _work(self) -> None:
-        while (job := await self._jobs.get()) is not None:
-            try:
-                event = await self._make(job)
-            except Exception as exc:  # an event lost is logged; the next ones still come
-                log.exception("events: an event of %s could not be made", job.source)
-                if job.future is not None and not job.future.done():
-                    job.future.set_exception(exc)
-            else:
-                if job.future is not None and not job.future.done():
-                    job.future.set_result(event)
+        """One event at a time (ids and lines in order); a burst is written to the file at once."""
+        finished = False
+        while not finished:
+            batch = [await self._jobs.get()]
+            while len(batch) < BATCH and not self._jobs.empty():
+                batch.append(self._jobs.get_nowait())
+            made, dropped = [], []
+            for job in batch:
+                if job is None:  # stop(): finish this batch, then end
+                    finished = True
+                    continue
+                try:
+                    event, fell_out = await self._make(job)
+                except Exception as exc:  # an event lost is logged; the next ones still come
+                    log.exception("events: an event of %s could not be made", job.source)
+                    _settle(job.future, exc=exc)
+                    continue
+                made.append((job, event))
+                dropped += fell_out
+                await asyncio.sleep(0)  # the streams' tasks take their share of a burst
+            if made or dropped:
+                try:
+                    await asyncio.to_thread(self.store.append_lines, [event for _, event in made], dropped)
+                except Exception:
+                    log.exception("events: writing %d event(s) failed", len(made))
+            for job, event in made:
+                _settle(job.future, event)
 
-    async def _make(self, job: _Job) -> dict:
+    async def _make(self, job: _Job) -> tuple[dict, list[dict]]:
         snapshot_id = None
         if job.image is not None:
             jpeg = await asyncio.to_thread(encode_jpeg, job.image)
@@ -206,8 +233,7 @@ class EventService:
         dropped = self.store.add(event)
         self.metrics.events.labels(job.source, job.type).inc()
         self.publish(event)
-        await asyncio.to_thread(self.store.append_line, event, dropped)
-        return event
+        return event, dropped
 
     # -- subscribers (the SSE streams) ---------------------------------------------------------
     def subscribe(self, source: Optional[str] = None, abort: Optional[Callable[[], None]] = None) -> Subscriber:

@@ -178,8 +178,11 @@ class EventStore:
             return None
 
     def append_line(self, event: dict, dropped: Iterable[dict] = ()) -> None:
-        """Append `event` to the file (rotating it first if it is full); delete the snapshots
-        of the events that fell out."""
+        self.append_lines([event], dropped)
+
+    def append_lines(self, events: list[dict], dropped: Iterable[dict] = ()) -> None:
+        """Append `events` to the file, in order (rotating it when it is full); delete the
+        snapshots of the events that fell out."""
         if self.snapshot_dir is not None:
             for old in dropped:
                 if old.get("snapshot_id"):
@@ -187,17 +190,25 @@ class EventStore:
                         (self.snapshot_dir / f"{old['snapshot_id']}.jpg").unlink()
                     except OSError:
                         pass
-        if not self.disk_ok or self.path is None:
+        if not self.disk_ok or self.path is None or not events:
             return
-        line = json.dumps({k: event.get(k) for k in FIELDS}, separators=(",", ":")) + "\n"
         try:
             try:
-                if self.path.stat().st_size + len(line) > self.max_file_bytes:
-                    os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+                size = self.path.stat().st_size
             except FileNotFoundError:
-                pass
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
+                size = 0
+            f = open(self.path, "a", encoding="utf-8")
+            try:
+                for event in events:
+                    line = json.dumps({k: event.get(k) for k in FIELDS}, separators=(",", ":")) + "\n"
+                    if size and size + len(line) > self.max_file_bytes:
+                        f.close()
+                        os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+                        f, size = open(self.path, "a", encoding="utf-8"), 0
+                    f.write(line)
+                    size += len(line.encode())
+            finally:
+                f.close()
         except OSError as exc:
             self._disk_failed(f"append to {self.path.name}", exc)
 
