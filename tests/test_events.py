@@ -381,3 +381,30 @@ async def test_events_need_view_and_media_take_signed_urls(tmp_path):
             assert sse.status == 200
             assert await sse.wait_for(lambda ev: len(ev) >= 1, 15)
             assert sse.events[0]["id"] == made["id"] and "sig=" in sse.events[0]["data"]["snapshot_url"]
+
+
+async def test_an_open_stream_does_not_hold_the_shutdown():
+    """uvicorn waits for open responses before it stops; the stream ends when it is asked to."""
+    async with running_server() as (url, svc):
+        sse = SseClient(url, "/api/events/stream")
+        await sse.__aenter__()
+        assert await wait_until(lambda: svc.events.subscribers, 15)
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 10 and await sse.wait_for(lambda ev: False, 5) is False and sse.ended
+    await sse.close()
+
+
+def test_a_changed_uvicorn_stops_start_up_with_one_line(monkeypatch):
+    from uvicorn.protocols.http import h11_impl
+
+    from conftest import build_test_app
+
+    async def send(self, message):  # a future uvicorn whose send no longer knows `disconnected`
+        return None
+
+    monkeypatch.setattr(h11_impl.RequestResponseCycle, "send", send)
+    with pytest.raises(SystemExit) as stopped:
+        build_test_app()
+    message = str(stopped.value.code)
+    assert len(message.splitlines()) == 1
+    assert "RequestResponseCycle.send" in message and "uvicorn==0.54.0" in message
