@@ -139,6 +139,43 @@ async def wait_until(predicate, timeout: float) -> bool:
     return True
 
 
+class FakePipeline:
+    def __init__(self, name: str, model: str = "person", kind: str = "file") -> None:
+        from sources import SourceSpec
+
+        self.capture = type("C", (), {"spec": SourceSpec(name=name, kind=kind)})()
+        self.model = model
+        self.listeners: list = []
+
+    def add_listener(self, fn) -> None:
+        self.listeners.append(fn)
+
+    def remove_listener(self, fn) -> None:
+        self.listeners.remove(fn)
+
+
+async def test_one_pipeline_per_source_is_followed_and_cameras_and_offer_files_never():
+    from events import EventService
+
+    labels = {"person": ["person"], "yolo": ["person", "car"], "edges": [], "none": []}
+    service = EventService(EventStore(10), HOLD_S, BUFFER, labels=lambda m: labels[m])
+    a, b = FakePipeline("lobby", "person"), FakePipeline("lobby", "yolo")
+    ignored = [FakePipeline("camera-1234", "person", kind="camera"), FakePipeline("file:clip.mp4", "person"),
+               FakePipeline("hall", "edges"), FakePipeline("hall", "unknown-model")]
+    for p in [a, b] + ignored:
+        service.watch(p, True)
+    assert (a.listeners, b.listeners) == ([a.listeners[0]], []) and all(not p.listeners for p in ignored)
+    assert service.stats()["followed"] == ["lobby"]
+    # a visit open on `a` ends when `a` stops; `b` is followed from then on
+    for _ in range(2):
+        a.listeners[0](Frame([person()], None))
+    service.watch(a, False)
+    assert not a.listeners and len(b.listeners) == 1
+    assert [job.type for job in [service._jobs.get_nowait() for _ in range(2)]] == ["person_seen", "person_gone"]
+    service.watch(b, False)
+    assert service.stats()["followed"] == [] and not b.listeners
+
+
 # -- one server for the rest of the module ------------------------------------------------------
 def cut_file(vtest: Path, out: Path, people_s: float = 3.0, blank_s: float = 4.0, fps: int = 10) -> Path:
     """`people_s` of vtest.avi, then `blank_s` of black frames (the file loops when it ends)."""
