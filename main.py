@@ -27,12 +27,15 @@ from api.banner import print_banner
 from api.catalog import router as catalog_router
 from api.deps import Services, ServicesDep
 from api.errors import error_responses, install_error_handlers
+from api.events import router as events_router
 from api.health import problems as health_problems
 from api.metrics import CountOffers, install_collector
 from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimit
 from api.tokens import KeyFileError, TokenVerifier, UrlSigner
 from compat.aiortc import self_check
+from compat.asgi import install as add_connection_extensions
+from compat.asgi import self_check as check_asgi
 from compat.uvicorn import install as limit_connections
 from compat.uvicorn import self_check as check_uvicorn
 from config import APP_NAME, APP_VERSION, InvalidSettings, Settings, get_settings, load_settings
@@ -40,6 +43,7 @@ from core.looplag import LoopLag
 from core.metrics import Metrics
 from core.redact import install_log_redaction, public, register_secrets, register_server_paths
 from detectors import ModelLoadError, ModelRegistry
+from events import EventService, EventStore
 from hub import PipelineHub
 from pipeline.encoders import EncodeSettings
 from signaling import router
@@ -99,6 +103,7 @@ class InfoResponse(BaseModel):
     webrtc: dict
     sessions: dict
     pipelines: dict = Field(description="Live captures and pipelines with their counters")
+    events: dict = Field(default_factory=dict, description="The event log: kept, dropped, next id, subscribers")
 
 
 # -- app ---------------------------------------------------------------------------
@@ -106,6 +111,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     """Build the app (`uvicorn main:create_app --factory`). Nothing starts until its lifespan."""
     self_check()  # aiortc's internals we rely on are there, or start-up stops with one line
     check_uvicorn()  # so are uvicorn's (the connection limits below)
+    check_asgi()  # and those behind the event stream's abort
     settings = settings or get_settings()
     cv2.setNumThreads(settings.CV2_THREADS)  # OpenCV's own pool would fight the pipeline threads
     services = build_services(settings)
@@ -120,12 +126,14 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         await load_default_model(services)
         services.loop_lag.start()
         services.sessions.start()
+        await services.events.start()  # reloads EVENTS_FILE; follows pipelines from here
         await start_always_on(services)
         # on the uvicorn server running this app, however it was started (doc/SECURITY.md)
         connections = limit_connections(settings.HEADER_TIMEOUT_S, settings.MAX_CONNECTIONS_PER_IP)
         print_banner(settings, services.sources["default"])
         yield
         await services.sessions.close_all()
+        await services.events.stop()  # open visits end (person_gone), pending writes done
         await asyncio.to_thread(services.hub.stop_all)
         await services.loop_lag.stop()
         connections.uninstall()
@@ -148,8 +156,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.include_router(catalog_router)
     app.include_router(access_router)
     app.include_router(metrics_router)
+    app.include_router(events_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_root_routes(app)
+    add_connection_extensions(app)  # outermost: the event stream can abort a connection
     return app
 
 
@@ -171,8 +181,11 @@ def build_services(settings: Settings) -> Services:
     jwt_on = settings.AUTH_MODE == "jwt"
     sessions = SessionManager(settings.MAX_SESSIONS, settings.CONNECT_TIMEOUT, settings.PEER_INACTIVITY_TIMEOUT,
                               settings.MAX_SESSIONS_PER_SUBJECT if jwt_on else None)
+    events = EventService(EventStore(settings.EVENTS_MAX, settings.EVENTS_FILE), settings.EVENT_HOLD_S,
+                          settings.SSE_CLIENT_BUFFER, metrics, labels=lambda model: models.entries[model].labels)
+    hub.watchers.append(events.watch)
     services = Services(settings=settings, sources=sources, models=models, hub=hub, sessions=sessions,
-                        metrics=metrics, loop_lag=LoopLag(metrics.loop_lag),
+                        metrics=metrics, loop_lag=LoopLag(metrics.loop_lag), events=events,
                         default_model=settings.DEFAULT_MODEL,
                         tokens=token_verifier(settings) if jwt_on else None,
                         signer=UrlSigner(settings.SIGNING_KEY.encode() if settings.SIGNING_KEY else None,
@@ -268,7 +281,7 @@ def _add_root_routes(app: FastAPI) -> None:
                       "max": s.MAX_SESSIONS, "closed": sessions.closed_reasons,
                       "internal_errors": services.internal_errors,
                       "camera_frames_dropped": sessions.camera_frames_dropped},
-            pipelines=public(services.hub.stats()))
+            pipelines=public(services.hub.stats()), events=services.events.stats())
 
 
 def _source_status(spec) -> SourceStatus:

@@ -15,7 +15,9 @@ from api.errors import ApiError, error_responses
 router = APIRouter(prefix="/api", tags=["access"])
 
 #: the media paths a signed URL may open (each with the scope it grants)
-SIGNABLE = [(re.compile(r"^/api/sources/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/snapshot\.jpg$"), "view")]
+SIGNABLE = [(re.compile(r"^/api/sources/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/snapshot\.jpg$"), "view"),
+            (re.compile(r"^/api/events/[0-9]{1,18}/snapshot\.jpg$"), "view"),
+            (re.compile(r"^/api/events/stream$"), "view")]
 
 
 class SignedUrlRequest(BaseModel):

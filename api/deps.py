@@ -16,6 +16,7 @@ from config import Settings
 from core.looplag import LoopLag
 from core.metrics import Metrics
 from detectors import ModelRegistry
+from events import EventService, EventStore
 from hub import PipelineHub
 from sources import SourceSpec
 from webrtc.sessions import SessionManager
@@ -35,6 +36,7 @@ class Services:
     internal_errors: int = 0  # requests answered 500 (each logged with its traceback)
     tokens: Optional[TokenVerifier] = None  # None: AUTH_MODE=off
     signer: UrlSigner = field(default_factory=UrlSigner)
+    events: EventService = field(default_factory=lambda: EventService(EventStore(1000), 5.0, 100))  # person events
 
 
 def get_services(request: Request) -> Services:

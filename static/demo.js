@@ -249,6 +249,69 @@ async function updateStats(peer) {
   vg.framesDecoded = inbound.framesDecoded;
 }
 
+// -- Events: newest first, live over Server-Sent Events. The list comes from /api/events, then
+// the stream (`stream_url`: signed for this token when access control is on, so EventSource
+// needs no header). Thumbnails load through each event's signed `snapshot_url`.
+const EVENTS_SHOWN = 20;
+let eventSource = null;
+let eventRetry = null;
+vg.events = 0;
+vg.lastEventId = null;
+
+function eventItem(e) {
+  const li = document.createElement("li");
+  li.dataset.id = e.id;
+  if (e.snapshot_url) {
+    const img = document.createElement("img");
+    img.src = e.snapshot_url;
+    img.alt = `snapshot of event ${e.id}`;
+    img.loading = "lazy";
+    li.append(img);
+  }
+  const text = document.createElement("span");
+  const what = e.type === "person_seen" ? "person seen" : "person gone";
+  text.textContent = `${new Date(e.ts * 1000).toLocaleTimeString()} · ${e.source} · ${what} (${e.count})`;
+  li.append(text);
+  return li;
+}
+
+function showEvent(e) {
+  if (vg.lastEventId !== null && e.id <= vg.lastEventId) return; // already shown
+  vg.lastEventId = e.id;
+  vg.events += 1;
+  const list = $("events");
+  list.prepend(eventItem(e));
+  while (list.children.length > EVENTS_SHOWN) list.lastChild.remove();
+}
+
+async function loadEvents() {
+  if (eventSource) return;
+  clearTimeout(eventRetry);
+  try {
+    const since = vg.lastEventId !== null ? `&since=${vg.lastEventId}` : "";
+    const body = await api(`/api/events?limit=${EVENTS_SHOWN}${since}`);
+    body.events.slice().reverse().forEach(showEvent); // oldest first: the newest ends on top
+    let url = body.stream_url;
+    if (vg.lastEventId !== null) url += (url.includes("?") ? "&" : "?") + "last_event_id=" + vg.lastEventId;
+    const source = (eventSource = new EventSource(url));
+    for (const type of ["person_seen", "person_gone"]) {
+      source.addEventListener(type, (m) => showEvent(JSON.parse(m.data)));
+    }
+    source.onopen = () => { $("events-state").textContent = "live"; };
+    source.onerror = () => {
+      // EventSource reconnects by itself (with Last-Event-ID); a refused reconnect (the signed
+      // URL expired) closes it: ask for a fresh URL and resume from the last event shown.
+      $("events-state").textContent = "reconnecting";
+      if (source.readyState === EventSource.CLOSED && eventSource === source) {
+        eventSource = null;
+        eventRetry = setTimeout(loadEvents, 3000);
+      }
+    };
+  } catch (e) {
+    $("events-state").textContent = e.status === 401 || e.status === 403 ? "needs a token" : "unavailable";
+  }
+}
+
 $("connect").addEventListener("click", async () => {
   vg.reconnects = 0;
   retryDelay = 1000;
@@ -258,6 +321,7 @@ $("connect").addEventListener("click", async () => {
     $("connect").disabled = true;
     await loadChoices(); // they failed before (no token yet at page load): the source list is empty
   }
+  loadEvents();
   connect();
 });
 $("disconnect").addEventListener("click", () => { stop(); setStatus("idle"); });
@@ -271,3 +335,4 @@ if (storedToken()) {
   $("auth").hidden = false;
 }
 loadChoices();
+loadEvents();

@@ -20,7 +20,8 @@ from webrtc.ice import restrict_host_addresses  # noqa: E402
 restrict_host_addresses(["127.0.0.1"])
 
 TEST_ENV = {"STUN_SERVERS": [], "ICE_HOST_ADDRESSES": ["127.0.0.1"], "SERVER_HOST": "127.0.0.1",
-            "DEFAULT_MODEL": "none"}  # tests that want a model name it
+            "DEFAULT_MODEL": "none",  # tests that want a model name it
+            "EVENTS_FILE": ""}  # events in memory: no test writes ./events.jsonl (test_events uses tmp_path)
 
 
 def free_port() -> int:

@@ -251,7 +251,10 @@ async def test_demo_asks_for_a_token_and_sends_it_only_in_the_authorization_head
         paths = {(method, u.split(url, 1)[1]) for method, u, _ in sent}
         assert {("GET", "/api/sources"), ("GET", "/api/models"), ("GET", "/api/ice-servers"), ("POST", "/api/offer"),
                 ("DELETE", f"/api/session/{session.id}")} <= paths, paths
-        assert not [(m, u) for m, u, headers in sent if headers.get("authorization") != f"Bearer {token}"]
+        # every API call carries the token; only media the browser loads by itself (the event
+        # stream, thumbnails) go without it, on a signed URL
+        assert not [(m, u) for m, u, headers in sent
+                    if headers.get("authorization") != f"Bearer {token}" and "sig=" not in u]
         delete = next(r for r in requests[start:] if r.method == "DELETE")
         # accepted: 200, or 404 when the peer's close (sent right after it) ended the session first
         assert (await delete.response()).status in (200, 404)
@@ -291,3 +294,22 @@ async def test_react_example_sends_its_token_prop_as_an_authorization_header(bro
             assert not [r.url for r in requests if token in r.url]
     finally:
         static.shutdown()
+
+
+async def test_demo_lists_events_live_newest_first_with_thumbnails(browser):
+    image = np.full((480, 640, 3), 80, np.uint8)
+    async with running_server() as (url, svc):
+        first = await svc.events.emit("lobby", "person_seen", 2, image)
+        page = await browser.new_page()
+        await page.goto(url + "/demo")
+        await page.wait_for_function("window.vg.events === 1 && "
+                                     "document.getElementById('events-state').textContent === 'live'", timeout=15000)
+        second = await svc.events.emit("lobby", "person_gone", 3, image)  # live, over the stream
+        await page.wait_for_function("window.vg.events === 2", timeout=15000)
+        ids = await page.evaluate("[...document.querySelectorAll('#events li')].map((li) => +li.dataset.id)")
+        assert ids == [second["id"], first["id"]]
+        await page.wait_for_function("[...document.querySelectorAll('#events img')].every("
+                                     "(i) => i.complete && i.naturalWidth === 640)", timeout=15000)
+        top = await page.text_content("#events li")
+        assert "lobby" in top and "person gone (3)" in top
+        await page.close()

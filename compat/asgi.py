@@ -1,0 +1,120 @@
+"""The uvicorn and Starlette internals behind two ASGI extensions that long responses (the
+event stream) need, in one module, checked at start-up (`self_check`).
+
+`install(app)` wraps the app's whole middleware stack (Starlette builds it lazily with
+`build_middleware_stack()`; the wrapper goes around what it returns, so it is outermost and
+sees uvicorn's own `send`). For each HTTP request served by uvicorn it puts into
+`scope["extensions"]`:
+
+- `visionguard.abort`: a callable that aborts the request's TCP connection. A stream that
+  must cut off a client that never reads cannot just stop: its pending write waits for a
+  drain that never comes. uvicorn's `send` is the bound method `RequestResponseCycle.send`,
+  whose `transport` is the connection's asyncio transport. After `transport.abort()` uvicorn's
+  `connection_lost` marks the cycle `disconnected` and resumes writing, so the pending `send`
+  returns, later ones return at once, `receive` answers `http.disconnect`, and `run_asgi`
+  logs nothing ("returned without completing response" is only said of connected cycles).
+- `visionguard.closing`: a callable that is true once the server has begun a graceful
+  shutdown (uvicorn's `shutdown()` sets the running cycle's `keep_alive` to False and then
+  waits for the response to end), so that a stream ends rather than holding the shutdown.
+
+Without uvicorn (another server, an in-process test client) neither extension is there and
+the stream does without. uvicorn and Starlette are pinned (`PINNED`, `STARLETTE_PINNED`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import starlette
+import starlette.applications
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http import h11_impl
+
+from compat.checks import check_internals
+from compat.uvicorn import PINNED
+
+ABORT = "visionguard.abort"
+CLOSING = "visionguard.closing"
+
+
+def _cycle_classes() -> tuple:
+    classes = [h11_impl.RequestResponseCycle]
+    try:
+        from uvicorn.protocols.http import httptools_impl
+    except ImportError:  # httptools is not installed: uvicorn uses h11
+        pass
+    else:
+        classes.append(httptools_impl.RequestResponseCycle)
+    return tuple(classes)
+
+
+class ConnectionExtensions:
+    """The outermost ASGI layer: adds ABORT and CLOSING for requests served by uvicorn."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.cycles = _cycle_classes()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http":
+            cycle = getattr(send, "__self__", None)
+            if isinstance(cycle, self.cycles):
+                transport = cycle.transport
+                scope["extensions"] = {**(scope.get("extensions") or {}), ABORT: transport.abort,
+                                       CLOSING: lambda: not cycle.keep_alive}
+        await self.app(scope, receive, send)
+
+
+def install(app: FastAPI) -> None:
+    """Wrap the middleware stack the app will build on its first request."""
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: ConnectionExtensions(build())  # type: ignore[method-assign]
+
+
+# -- the self-check -----------------------------------------------------------------------------
+def _names(function: Any) -> tuple:
+    code = getattr(function, "__code__", None)
+    return code.co_names if code is not None else ()
+
+
+def _cycle_ok(cycle: Any, protocol: Any) -> bool:
+    return (inspect.iscoroutinefunction(cycle.send) and "transport" in _names(cycle.__init__)
+            and "keep_alive" in _names(cycle.__init__) and "disconnected" in _names(cycle.send)
+            and "send" in _names(cycle.run_asgi) and "disconnected" in _names(cycle.run_asgi)
+            and {"disconnected", "resume_writing"} <= set(_names(protocol.connection_lost))
+            and "keep_alive" in _names(protocol.shutdown))
+
+
+def _h11() -> bool:
+    return _cycle_ok(h11_impl.RequestResponseCycle, h11_impl.H11Protocol)
+
+
+def _httptools() -> bool:
+    try:
+        from uvicorn.protocols.http import httptools_impl
+    except ImportError as exc:  # optional; without it uvicorn never uses these classes
+        return exc.name == "httptools"
+    return _cycle_ok(httptools_impl.RequestResponseCycle, httptools_impl.HttpToolsProtocol)
+
+
+def _lazy_stack() -> bool:
+    calls = [FastAPI.__call__, starlette.applications.Starlette.__call__]
+    return all({"middleware_stack", "build_middleware_stack"} <= set(_names(c)) for c in calls)
+
+
+STARLETTE_PINNED = "starlette==1.10.0"
+INTERNALS: dict[str, Callable[[], bool]] = {
+    "uvicorn.protocols.http.h11_impl.RequestResponseCycle.send": _h11,
+    "uvicorn.protocols.http.httptools_impl.RequestResponseCycle.send": _httptools,
+}
+STARLETTE_INTERNALS: dict[str, Callable[[], bool]] = {
+    "starlette.applications.Starlette.build_middleware_stack": _lazy_stack,
+}
+
+
+def self_check() -> None:
+    """Raise IncompatibleLibrary (one line) if an internal listed above is missing."""
+    check_internals("uvicorn", uvicorn.__version__, PINNED, INTERNALS)
+    check_internals("starlette", starlette.__version__, STARLETTE_PINNED, STARLETTE_INTERNALS)

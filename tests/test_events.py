@@ -1,0 +1,450 @@
+"""Person events: the tracker alone (fake frames, fake clock), then one real server with three
+sources (people, an empty synthetic scene kept on, a file where people leave) for the SSE
+stream, snapshots, Last-Event-ID resume and the overflow cut-off; then restart and auth.
+
+Timings are generous (a noisy 2-core box); the figures measured are printed (`-s`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+import pytest_asyncio
+
+from api.tokens import mint_token
+from conftest import running_server
+from detectors.base import Detection
+from events import EventStore, VisitTracker
+from rtc_client import connect
+from sse_client import SseClient
+from test_metrics import parse, value
+
+on_module_loop = pytest.mark.asyncio(loop_scope="module")  # the tests that share `server`
+
+HOLD_S = 1.0
+BUFFER = 20
+SECRET = "a-test-secret-that-is-long-enough-0123456789"
+
+
+# -- the tracker alone ------------------------------------------------------------------------
+@dataclass
+class Frame:
+    detections: list
+    image: object = None
+
+
+def person(score: float = 0.9) -> Detection:
+    return Detection("person", score, (0, 0, 10, 10))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def tracker() -> tuple[VisitTracker, list, Clock]:
+    emitted, clock = [], Clock()
+    return VisitTracker(HOLD_S, lambda *e: emitted.append(e), clock), emitted, clock
+
+
+def test_a_single_frame_with_a_person_is_flicker():
+    t, emitted, clock = tracker()
+    for dets in ([person()], [], [person()], [Detection("car", 0.9, (0, 0, 1, 1))], [person()], []):
+        t.on_frame(Frame(dets))
+        clock.t += 0.1
+    t.check()
+    t.close()
+    assert emitted == []
+
+
+def test_two_frames_open_a_visit_and_the_hold_closes_it_with_the_peak_and_the_best_frame():
+    t, emitted, clock = tracker()
+    t.on_frame(Frame([person(0.6)], "first"))
+    t.on_frame(Frame([person(0.6), person(0.7)], "second"))
+    assert [e[:3] for e in emitted] == [("person_seen", 2, "second")]
+    visit = emitted[0][3]
+    t.on_frame(Frame([person(0.95), person(0.5), person(0.5)], "best"))
+    t.on_frame(Frame([person(0.8)], "later"))
+    last = clock.t
+    t.on_frame(Frame([], "empty"))
+    clock.t = last + HOLD_S - 0.01
+    t.check()
+    assert len(emitted) == 1, "not before the hold"
+    clock.t = last + HOLD_S
+    t.check()
+    assert emitted[1] == ("person_gone", 3, "best", visit)
+    t.check()
+    t.close()
+    assert len(emitted) == 2
+    # a new visit needs 2 frames again, with a new id
+    t.on_frame(Frame([person()], "x"))
+    t.on_frame(Frame([person()], "y"))
+    assert emitted[2][0] == "person_seen" and emitted[2][3] != visit
+
+
+def test_frames_with_people_keep_the_visit_open_and_a_stop_closes_it_at_once():
+    t, emitted, clock = tracker()
+    for _ in range(2):
+        t.on_frame(Frame([person()], "img"))
+    for _ in range(10):  # persons every 0.5 s: never HOLD_S without one
+        clock.t += 0.5
+        t.on_frame(Frame([person()], "img"))
+        t.check()
+    assert [e[0] for e in emitted] == ["person_seen"]
+    t.close()  # the pipeline stops
+    assert [e[0] for e in emitted] == ["person_seen", "person_gone"] and emitted[0][3] == emitted[1][3]
+
+
+def test_the_store_rotates_reloads_and_skips_corrupt_lines(tmp_path, caplog):
+    path = tmp_path / "ev.jsonl"
+    store = EventStore(3, path, max_file_bytes=400)
+    for i in range(6):
+        event = {"id": 0, "source": "s", "type": "person_seen", "ts": 1.0 + i, "count": 1, "visit_id": "v",
+                 "snapshot_id": None}
+        store.append_line(event, store.add(event))
+    assert path.with_name("ev.jsonl.1").exists() and store.dropped == 3
+    with open(path, "a") as f:
+        f.write("{not json\n" + json.dumps({"id": "x"}) + "\n")
+    again = EventStore(3, path)
+    again.load()
+    assert [e["id"] for e in again.events] == [4, 5, 6] and again.next_id == 7
+    assert "skipped 2 corrupt" in caplog.text
+
+
+def test_an_unwritable_folder_keeps_events_in_memory(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    store = EventStore(10, blocker / "events.jsonl")  # its folder is a file
+    assert store.write_snapshot("0123456789abcdef", b"jpeg") is False
+    store.append_line({"id": 1, "source": "s", "type": "person_seen", "ts": 1.0, "count": 1})
+    assert not store.disk_ok and caplog.text.count("kept in memory only") == 1
+
+
+async def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+class FakePipeline:
+    def __init__(self, name: str, model: str = "person", kind: str = "file") -> None:
+        from sources import SourceSpec
+
+        self.capture = type("C", (), {"spec": SourceSpec(name=name, kind=kind)})()
+        self.model = model
+        self.listeners: list = []
+
+    def add_listener(self, fn) -> None:
+        self.listeners.append(fn)
+
+    def remove_listener(self, fn) -> None:
+        self.listeners.remove(fn)
+
+
+async def test_one_pipeline_per_source_is_followed_and_cameras_and_offer_files_never():
+    from events import EventService
+
+    labels = {"person": ["person"], "yolo": ["person", "car"], "edges": [], "none": []}
+    service = EventService(EventStore(10), HOLD_S, BUFFER, labels=lambda m: labels[m])
+    a, b = FakePipeline("lobby", "person"), FakePipeline("lobby", "yolo")
+    ignored = [FakePipeline("camera-1234", "person", kind="camera"), FakePipeline("file:clip.mp4", "person"),
+               FakePipeline("hall", "edges"), FakePipeline("hall", "unknown-model")]
+    for p in [a, b] + ignored:
+        service.watch(p, True)
+    assert (a.listeners, b.listeners) == ([a.listeners[0]], []) and all(not p.listeners for p in ignored)
+    assert service.stats()["followed"] == ["lobby"]
+    # a visit open on `a` ends when `a` stops; `b` is followed from then on
+    for _ in range(2):
+        a.listeners[0](Frame([person()], None))
+    service.watch(a, False)
+    assert not a.listeners and len(b.listeners) == 1
+    assert [job.type for job in [service._jobs.get_nowait() for _ in range(2)]] == ["person_seen", "person_gone"]
+    service.watch(b, False)
+    assert service.stats()["followed"] == [] and not b.listeners
+
+
+# -- one server for the rest of the module ------------------------------------------------------
+def cut_file(vtest: Path, out: Path, people_s: float = 3.0, blank_s: float = 4.0, fps: int = 10) -> Path:
+    """`people_s` of vtest.avi, then `blank_s` of black frames (the file loops when it ends)."""
+    import av
+
+    with av.open(str(vtest)) as src, av.open(str(out), "w") as dst:
+        stream = dst.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 768, 576, "yuv420p"
+        stream.bit_rate = 2_000_000
+        frames = []
+        for frame in src.decode(video=0):
+            frames.append(frame.to_ndarray(format="bgr24"))
+            if len(frames) == int(people_s * fps):
+                break
+        frames += [np.zeros((576, 768, 3), np.uint8)] * int(blank_s * fps)
+        for img in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                dst.mux(packet)
+        for packet in stream.encode():
+            dst.mux(packet)
+    return out
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(vtest, tmp_path_factory):
+    root = tmp_path_factory.mktemp("events")
+    media = root / "media"
+    media.mkdir()
+    cut_file(vtest, media / "leave.avi")
+    sources = {"people": {"url": str(vtest), "model": "person"},
+               "empty": {"url": "synthetic", "model": "person", "always_on": True},
+               "leave": {"url": "leave.avi", "model": "person"}}
+    async with running_server(MEDIA_DIR=media, SOURCES=sources, EVENT_HOLD_S=HOLD_S, SSE_CLIENT_BUFFER=BUFFER,
+                              EVENTS_FILE=root / "events.jsonl", SSE_KEEPALIVE_S=2) as (url, svc):
+        started = time.monotonic()
+        assert svc.events.tracker("empty") is not None, "the always_on source is followed from the start"
+        yield url, svc, started
+
+
+@on_module_loop
+async def test_people_give_person_seen_with_a_snapshot(server):
+    url, svc, _ = server
+    async with SseClient(url, "/api/events/stream?source=people") as sse:
+        assert sse.status == 200 and sse.response_headers["content-type"].startswith("text/event-stream")
+        assert sse.response_headers["cache-control"] == "no-store"
+        assert sse.response_headers["x-accel-buffering"] == "no"
+        t0 = time.monotonic()
+        viewer = await connect(url, source="people")
+        try:
+            assert await sse.wait_for(lambda ev: any(e["event"] == "person_seen" for e in ev), 15), sse.events
+            seen = next(e for e in sse.events if e["event"] == "person_seen")
+            print(f"\nperson_seen {seen['at'] - t0:.2f} s after the first viewer's offer")
+            data = seen["data"]
+            assert data["source"] == "people" and data["count"] >= 1 and data["visit_id"] and data["id"] == seen["id"]
+            assert set(data) == {"id", "source", "type", "ts", "count", "visit_id", "snapshot_id", "snapshot_url"}
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                r = await http.get(data["snapshot_url"])
+                assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+                image = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
+                assert image is not None and image.shape == (480, 640, 3)
+                listed = (await http.get("/api/events", params={"source": "people"})).json()
+                assert listed["events"][-1]["id"] <= data["id"] and listed["stream_url"] == "/api/events/stream"
+                assert any(e["id"] == data["id"] for e in listed["events"])
+                assert (await http.get("/api/events", params={"source": "nope"})).json()["events"] == []
+                assert (await http.get("/api/events", params={"limit": 1001})).status_code == 422
+                r = await http.get("/api/events/999999/snapshot.jpg")
+                assert r.status_code == 404 and r.json()["code"] == "not_found"
+        finally:
+            await viewer.close()
+    # the pipeline stops with its last viewer: the open visit ends at once
+    gone = lambda: [e for e in svc.events.store.after(data["id"], "people") if e["type"] == "person_gone"]
+    assert await wait_until(gone, 20) and gone()[0]["visit_id"] == data["visit_id"]
+
+
+@on_module_loop
+async def test_people_leaving_give_person_gone_after_the_hold(server):
+    url, svc, _ = server
+    last_person = []
+
+    def note(frame):
+        if any(d.label == "person" for d in frame.detections):
+            last_person.append(time.time())
+
+    async with SseClient(url, "/api/events/stream?source=leave") as sse:
+        viewer = await connect(url, source="leave")
+        try:
+            (pipeline,) = svc.hub.pipelines_for("leave")
+            pipeline.add_listener(note)
+            assert await sse.wait_for(lambda ev: any(e["event"] == "person_gone" for e in ev), 40), sse.events
+        finally:
+            await viewer.close()
+    seen, gone = sse.events[0]["data"], next(e["data"] for e in sse.events if e["event"] == "person_gone")
+    assert seen["type"] == "person_seen" and gone["visit_id"] == seen["visit_id"] and gone["id"] > seen["id"]
+    assert gone["ts"] - seen["ts"] >= HOLD_S and gone["count"] >= seen["count"] and gone["snapshot_url"]
+    before = [t for t in last_person if t <= gone["ts"]]
+    delay = gone["ts"] - before[-1]
+    print(f"\nperson_gone {delay:.2f} s after the last frame with a person (EVENT_HOLD_S={HOLD_S})")
+    assert HOLD_S - 0.1 <= delay <= HOLD_S + 5
+
+
+@on_module_loop
+async def test_last_event_id_resumes_without_loss_or_duplicates(server):
+    url, svc, _ = server
+    first = [await svc.events.emit("manual", "person_seen", 1) for _ in range(5)]
+    async with SseClient(url, f"/api/events/stream?last_event_id={first[0]['id'] - 1}") as sse:
+        assert await sse.wait_for(lambda ev: len(ev) >= 5, 15)
+        assert [e["id"] for e in sse.events[:5]] == [e["id"] for e in first]  # the backlog, oldest first
+        live = await svc.events.emit("manual", "person_gone", 1)
+        assert await sse.wait_for(lambda ev: any(e["id"] == live["id"] for e in ev), 15)
+        last_seen = sse.events[-1]["id"]
+    missed = [(await svc.events.emit("manual", "person_seen", 2))["id"] for _ in range(7)]
+    async with SseClient(url, "/api/events/stream", headers={"Last-Event-ID": str(last_seen)}) as sse:
+        assert await sse.wait_for(lambda ev: len(ev) >= 7, 15)
+        more = await svc.events.emit("manual", "person_gone", 2)
+        assert await sse.wait_for(lambda ev: any(e["id"] == more["id"] for e in ev), 15)
+        await asyncio.sleep(0.3)
+    ids = [e["id"] for e in sse.events]
+    expected = [e["id"] for e in svc.events.store.after(last_seen)]
+    assert ids == expected and len(set(ids)) == len(ids) and ids[:7] == missed and ids[-1] == more["id"]
+    assert await wait_until(lambda: not svc.events.subscribers, 15), "every stream unsubscribes when its client leaves"
+
+
+def _raw_stream_socket(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # before connect: a small window
+    sock.connect((host, int(port)))
+    sock.sendall(b"GET /api/events/stream HTTP/1.1\r\nHost: vg\r\nAccept: text/event-stream\r\n\r\n")
+    return sock
+
+
+def _read_until_closed(sock: socket.socket, timeout: float) -> str:
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+        return "eof"
+    except ConnectionResetError:
+        return "reset"
+    except socket.timeout:
+        return "open"
+
+
+@on_module_loop
+async def test_a_client_that_never_reads_is_cut_off_and_counted(server, capfd):
+    url, svc, _ = server
+    async def overflow_count() -> float:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            return value(parse((await http.get("/metrics")).text), "visionguard_sse_disconnects_total",
+                         reason="overflow")
+
+    before = await overflow_count()
+    subscribers = len(svc.events.subscribers)
+    sock = await asyncio.to_thread(_raw_stream_socket, url)
+    try:
+        assert await wait_until(lambda: len(svc.events.subscribers) > subscribers, 15)
+        async with SseClient(url, "/api/events/stream") as other:
+            n = 0
+            while svc.events.overflows == 0 and n < 100_000:  # in bursts of 10 (< BUFFER: `other` keeps up)
+                await [svc.events.submit("flood", "person_seen", i % 7) for i in range(10)][-1]
+                n += 10
+            with capfd.disabled():
+                print(f"\nthe non-reading client was cut off after {n} events (SSE_CLIENT_BUFFER={BUFFER})")
+            assert svc.events.overflows == 1
+            assert await asyncio.to_thread(_read_until_closed, sock, 10) in ("reset", "eof")
+            assert await overflow_count() == before + 1
+            # the other stream (it reads) is unaffected and gets the next event
+            nxt = await svc.events.emit("flood", "person_gone", 1)
+            assert await other.wait_for(lambda ev: any(e["id"] == nxt["id"] for e in ev), 30)
+            assert not other.ended
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            assert (await http.get("/health")).status_code == 200
+    finally:
+        sock.close()
+    out = capfd.readouterr()
+    assert "ASGI callable returned" not in out.err + out.out and "Exception in ASGI" not in out.err + out.out
+
+
+@on_module_loop
+async def test_keep_alive_comments_and_no_event_from_an_empty_scene(server):
+    url, svc, started = server
+    async with SseClient(url, "/api/events/stream?source=empty") as sse:
+        assert await sse.wait_for(lambda ev: False, 2.5) is False
+        assert ": keep-alive" in sse.comments  # SSE_KEEPALIVE_S=2 here
+    remaining = 20.5 - (time.monotonic() - started)
+    if remaining > 0:
+        await asyncio.sleep(remaining)
+    assert time.monotonic() - started >= 20
+    assert svc.events.tracker("empty") is not None
+    assert [e for e in svc.events.store.events if e["source"] == "empty"] == []
+    assert svc.metrics.registry.get_sample_value("visionguard_events_total",
+                                                 {"source": "empty", "type": "person_seen"}) is None
+
+
+# -- restart and access control (their own servers) -----------------------------------------------
+async def test_events_and_snapshots_survive_a_restart(tmp_path):
+    file = tmp_path / "ev.jsonl"
+    image = np.full((480, 640, 3), 128, np.uint8)
+    async with running_server(EVENTS_FILE=file) as (url, svc):
+        made = [await svc.events.emit("lobby", t, 2, image) for t in ("person_seen", "person_gone")]
+    assert (tmp_path / "ev-snapshots").is_dir() and len(list((tmp_path / "ev-snapshots").glob("*.jpg"))) == 2
+    with open(file, "a") as f:
+        f.write('{"id": 99, "source": "broken"\n')
+    async with running_server(EVENTS_FILE=file) as (url, svc):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            listed = (await http.get("/api/events")).json()["events"]
+            assert [e["id"] for e in listed] == [made[1]["id"], made[0]["id"]]
+            assert listed[0]["visit_id"] == made[1]["visit_id"] and listed[0]["ts"] == made[1]["ts"]
+            r = await http.get(listed[1]["snapshot_url"])
+            assert r.status_code == 200 and cv2.imdecode(np.frombuffer(r.content, np.uint8), 1).shape == (480, 640, 3)
+            since = (await http.get("/api/events", params={"since": made[0]["id"]})).json()["events"]
+            assert [e["id"] for e in since] == [made[1]["id"]]
+        new = await svc.events.emit("lobby", "person_seen", 1)
+        assert new["id"] > made[1]["id"]
+
+
+def bearer(scope: str = "view", sub: str = "alice") -> dict:
+    return {"Authorization": f"Bearer {mint_token(SECRET, sub, scope, 600)}"}
+
+
+async def test_events_need_view_and_media_take_signed_urls(tmp_path):
+    async with running_server(AUTH_MODE="jwt", JWT_SECRET=SECRET, EVENTS_FILE=tmp_path / "ev.jsonl") as (url, svc):
+        made = await svc.events.emit("lobby", "person_seen", 1, np.zeros((480, 640, 3), np.uint8))
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            assert (await http.get("/api/events")).status_code == 401
+            assert (await http.get("/api/events", headers=bearer("metrics"))).status_code == 403
+            body = (await http.get("/api/events", headers=bearer())).json()
+            snap, stream = body["events"][0]["snapshot_url"], body["stream_url"]
+            assert "sig=" in snap and "sub=alice" in snap and stream.startswith("/api/events/stream?exp=")
+            assert (await http.get(f"/api/events/{made['id']}/snapshot.jpg")).status_code == 401
+            assert (await http.get(snap)).status_code == 200
+            tampered = snap[:-1] + ("A" if snap[-1] != "A" else "B")
+            r = await http.get(tampered)
+            assert r.status_code == 401 and r.json()["code"] == "invalid_token"
+            assert (await http.get(stream.replace("sig=", "sig=x"))).status_code == 401
+            for path in (f"/api/events/{made['id']}/snapshot.jpg", "/api/events/stream"):
+                r = await http.post("/api/signed-url", json={"path": path}, headers=bearer())
+                assert r.status_code == 200, r.text
+            r = await http.post("/api/signed-url", json={"path": "/api/events"}, headers=bearer())
+            assert r.status_code == 400
+        async with SseClient(url, stream + f"&last_event_id={made['id'] - 1}") as sse:
+            assert sse.status == 200
+            assert await sse.wait_for(lambda ev: len(ev) >= 1, 15)
+            assert sse.events[0]["id"] == made["id"] and "sig=" in sse.events[0]["data"]["snapshot_url"]
+
+
+async def test_an_open_stream_does_not_hold_the_shutdown():
+    """uvicorn waits for open responses before it stops; the stream ends when it is asked to."""
+    async with running_server() as (url, svc):
+        sse = SseClient(url, "/api/events/stream")
+        await sse.__aenter__()
+        assert await wait_until(lambda: svc.events.subscribers, 15)
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 10 and await sse.wait_for(lambda ev: False, 5) is False and sse.ended
+    await sse.close()
+
+
+def test_a_changed_uvicorn_stops_start_up_with_one_line(monkeypatch):
+    from uvicorn.protocols.http import h11_impl
+
+    from conftest import build_test_app
+
+    async def send(self, message):  # a future uvicorn whose send no longer knows `disconnected`
+        return None
+
+    monkeypatch.setattr(h11_impl.RequestResponseCycle, "send", send)
+    with pytest.raises(SystemExit) as stopped:
+        build_test_app()
+    message = str(stopped.value.code)
+    assert len(message.splitlines()) == 1
+    assert "RequestResponseCycle.send" in message and "uvicorn==0.54.0" in message
