@@ -31,6 +31,8 @@ from api.health import problems as health_problems
 from api.metrics import CountOffers, install_collector
 from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimit
+from api.recording_control import RecordingControl
+from api.recordings import router as recordings_router
 from api.tokens import KeyFileError, TokenVerifier, UrlSigner
 from compat.aiortc import self_check
 from compat.uvicorn import install as limit_connections
@@ -121,11 +123,13 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         services.loop_lag.start()
         services.sessions.start()
         await start_always_on(services)
+        await services.recordings.start()  # after always_on: `record: true` sources are recorded
         # on the uvicorn server running this app, however it was started (doc/SECURITY.md)
         connections = limit_connections(settings.HEADER_TIMEOUT_S, settings.MAX_CONNECTIONS_PER_IP)
         print_banner(settings, services.sources["default"])
         yield
         await services.sessions.close_all()
+        await services.recordings.close()  # each file closed `done`, before the pipelines stop
         await asyncio.to_thread(services.hub.stop_all)
         await services.loop_lag.stop()
         connections.uninstall()
@@ -147,6 +151,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.include_router(router)
     app.include_router(catalog_router)
     app.include_router(access_router)
+    app.include_router(recordings_router)
     app.include_router(metrics_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_root_routes(app)
@@ -177,6 +182,7 @@ def build_services(settings: Settings) -> Services:
                         tokens=token_verifier(settings) if jwt_on else None,
                         signer=UrlSigner(settings.SIGNING_KEY.encode() if settings.SIGNING_KEY else None,
                                          settings.SIGNED_URL_TTL_S))
+    services.recordings = RecordingControl(services)
     install_collector(services)
     return services
 

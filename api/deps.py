@@ -7,7 +7,7 @@ they use, e.g. `async def route(hub: HubDep, sessions: SessionsDep)`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 from fastapi import Depends, Request
 
@@ -19,6 +19,9 @@ from detectors import ModelRegistry
 from hub import PipelineHub
 from sources import SourceSpec
 from webrtc.sessions import SessionManager
+
+if TYPE_CHECKING:  # it imports api.errors, which imports this module
+    from api.recording_control import RecordingControl
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Services:
     internal_errors: int = 0  # requests answered 500 (each logged with its traceback)
     tokens: Optional[TokenVerifier] = None  # None: AUTH_MODE=off
     signer: UrlSigner = field(default_factory=UrlSigner)
+    recordings: Optional[RecordingControl] = None  # made by main.build_services, started by the lifespan
 
 
 def get_services(request: Request) -> Services:
