@@ -292,3 +292,27 @@ async def test_a_full_disk_fails_the_recording_and_the_stream_goes_on(vtest, tmp
         finally:
             proc.terminate()
             proc.communicate(timeout=30)
+
+
+async def test_a_source_configured_with_record_is_recorded_from_start_up_and_after_a_restart(tmp_path):
+    settings = {"RECORDINGS_DIR": tmp_path, "SOURCES": {"lobby": {"url": "synthetic", "record": True}}}
+    async with running_server(**settings) as (url, svc):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            (first,) = await recordings(http)
+            assert first["source"] == "lobby" and first["trigger"] == "continuous" and first["state"] == "recording"
+            assert (await http.post("/api/sources/lobby/record")).status_code == 409
+
+            async def has_frames(rid):
+                return (await one(http, rid)).get("frames", 0) > 0
+            assert await wait_until(lambda: has_frames(first["recording_id"]), 15)
+            assert (await http.delete("/api/sources/lobby/record")).json()["recording_id"] == first["recording_id"]
+            await asyncio.sleep(1.2)  # an admin's stop pauses it: the supervisor does not restart it
+            assert [r["state"] for r in await recordings(http)] == ["done"]
+            again = (await http.post("/api/sources/lobby/record")).json()
+            assert (await one(http, again["recording_id"]))["trigger"] == "continuous"
+            assert await wait_until(lambda: has_frames(again["recording_id"]), 15)
+    async with running_server(**settings) as (url, svc):  # resumes after a restart, in a new file
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            listed = await recordings(http)
+            assert [r["state"] for r in listed] == ["recording", "done", "done"]
+            assert listed[0]["recording_id"] not in (first["recording_id"], again["recording_id"])
