@@ -200,13 +200,33 @@ def test_the_writer_counts_bytes_and_files_start_on_a_keyframe(tmp_path):
 async def test_scopes_view_lists_and_downloads_admin_starts_stops_deletes(tmp_path):
     import main
 
+    seeded = RecordingStore(tmp_path)
+    mine, theirs, source = (seeded.create("default", trigger, owner=owner) for trigger, owner in
+                            (("session", "alice"), ("session", "bob"), ("manual", None)))
+    for info in (mine, theirs, source):
+        info.state, info.ended_at = "done", info.started_at + 1
+        seeded.save(info)
+        (tmp_path / f"{info.recording_id}.mp4").write_bytes(info.recording_id.encode() * 10)
     app = main.create_app(load_settings(**{**TEST_ENV, **JWT, "RECORDINGS_DIR": tmp_path}))
+    app.state.services.recordings.store.load()  # what the lifespan does
     viewer, admin = bearer(token("alice", "view")), bearer(token("root", "admin"))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://vg") as http:
+        listed = (await http.get("/api/recordings", headers=viewer)).json()["recordings"]
+        assert {r["recording_id"] for r in listed} == {mine.recording_id, source.recording_id}  # not bob's session
+        for r in listed:
+            assert "sig=" in r["download_url"] and "sub=alice" in r["download_url"]
+            got = await http.get(r["download_url"])  # no header: the signed URL alone
+            assert got.status_code == 200 and got.content == r["recording_id"].encode() * 10
+        assert (await http.get(f"/api/recordings/{mine.recording_id}")).status_code == 401
+        assert (await http.get(f"/api/recordings/{theirs.recording_id}", headers=viewer)).status_code == 404
+        assert (await http.get(f"/api/recordings/{theirs.recording_id}", headers=admin)).status_code == 200
+        assert len((await http.get("/api/recordings", headers=admin)).json()["recordings"]) == 3
+        assert (await http.delete(f"/api/recordings/{source.recording_id}", headers=admin)).json()["deleted"]
+        assert not (tmp_path / f"{source.recording_id}.mp4").exists()
+        assert (await http.delete(f"/api/recordings/{source.recording_id}", headers=admin)).status_code == 404
         assert (await http.post("/api/sources/default/record", headers=viewer)).status_code == 403
         assert (await http.delete("/api/sources/default/record", headers=viewer)).status_code == 403
         assert (await http.delete(f"/api/recordings/{'a' * 32}", headers=viewer)).status_code == 403
-        assert (await http.get("/api/recordings", headers=viewer)).json() == {"recordings": []}
         r = await http.delete("/api/sources/default/record", headers=admin)
         assert r.status_code == 404 and r.json()["code"] == "not_recording"
         assert (await http.post("/api/sources/nope/record", headers=admin)).status_code == 404
