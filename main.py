@@ -32,6 +32,8 @@ from api.health import problems as health_problems
 from api.metrics import CountOffers, install_collector
 from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimit
+from api.recording_control import RecordingControl
+from api.recordings import router as recordings_router
 from api.tokens import KeyFileError, TokenVerifier, UrlSigner
 from compat.aiortc import self_check
 from compat.asgi import install as add_connection_extensions
@@ -128,12 +130,14 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         services.sessions.start()
         await services.events.start()  # reloads EVENTS_FILE; follows pipelines from here
         await start_always_on(services)
+        await services.recordings.start()  # after always_on: `record: true` sources are recorded
         # on the uvicorn server running this app, however it was started (doc/SECURITY.md)
         connections = limit_connections(settings.HEADER_TIMEOUT_S, settings.MAX_CONNECTIONS_PER_IP)
         print_banner(settings, services.sources["default"])
         yield
         await services.sessions.close_all()
         await services.events.stop()  # open visits end (person_gone), pending writes done
+        await services.recordings.close()  # each file closed `done`, before the pipelines stop
         await asyncio.to_thread(services.hub.stop_all)
         await services.loop_lag.stop()
         connections.uninstall()
@@ -155,6 +159,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.include_router(router)
     app.include_router(catalog_router)
     app.include_router(access_router)
+    app.include_router(recordings_router)
     app.include_router(metrics_router)
     app.include_router(events_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -190,6 +195,7 @@ def build_services(settings: Settings) -> Services:
                         tokens=token_verifier(settings) if jwt_on else None,
                         signer=UrlSigner(settings.SIGNING_KEY.encode() if settings.SIGNING_KEY else None,
                                          settings.SIGNED_URL_TTL_S))
+    services.recordings = RecordingControl(services)
     install_collector(services)
     return services
 

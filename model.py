@@ -99,6 +99,13 @@ class AIProcessor:
     def request_keyframe(self, codec: str) -> None:
         self.encoders.request_keyframe(codec)
 
+    def add_tap(self, tap: Callable[[OutFrame], None]) -> None:
+        """Call `tap` on the clock thread with every published tick (it must never block)."""
+        self.ticker.add_tap(tap)
+
+    def remove_tap(self, tap: Callable[[OutFrame], None]) -> None:
+        self.ticker.remove_tap(tap)
+
     def add_listener(self, listener: Callable[[ProcessedFrame], None]) -> None:
         """Call `listener` (on the loop) with each new processing result."""
         self.fanout.add(listener)
@@ -120,6 +127,7 @@ class AIProcessor:
             "always_on": bool(self.held),
             **self.stage.stats(),
             "ticks": self.ticker.ticks,
+            "tap_errors": self.ticker.tap_errors,
             "last_error": self.last_error,
             "notice": self.stage.notice or None,
             "encoders": self.encoders.stats(),

@@ -17,7 +17,8 @@ router = APIRouter(prefix="/api", tags=["access"])
 #: the media paths a signed URL may open (each with the scope it grants)
 SIGNABLE = [(re.compile(r"^/api/sources/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/snapshot\.jpg$"), "view"),
             (re.compile(r"^/api/events/[0-9]{1,18}/snapshot\.jpg$"), "view"),
-            (re.compile(r"^/api/events/stream$"), "view")]
+            (re.compile(r"^/api/events/stream$"), "view"),
+            (re.compile(r"^/api/recordings/[0-9a-f]{32}$"), "view")]
 
 
 class SignedUrlRequest(BaseModel):
@@ -43,7 +44,8 @@ async def signed_url(body: SignedUrlRequest, services: ServicesDep, caller: View
     bearer token ever travels in a URL: this is what `<img src>` and `<video src>` use."""
     scope = next((scope for pattern, scope in SIGNABLE if pattern.fullmatch(body.path)), None)
     if scope is None:
-        raise ApiError(400, "Only media paths can be signed (e.g. /api/sources/<name>/snapshot.jpg).", "bad_request")
+        raise ApiError(400, "Only media paths can be signed (e.g. /api/sources/<name>/snapshot.jpg, "
+                            "/api/recordings/<id>).", "bad_request")
     if not caller.can(scope):
         raise ApiError(403, f"This path needs the {scope!r} scope.", "insufficient_scope")
     url, expires = services.signer.sign(body.path, caller.subject, scope)

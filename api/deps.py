@@ -7,7 +7,7 @@ they use, e.g. `async def route(hub: HubDep, sessions: SessionsDep)`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 from fastapi import Depends, Request
 
@@ -20,6 +20,9 @@ from events import EventService, EventStore
 from hub import PipelineHub
 from sources import SourceSpec
 from webrtc.sessions import SessionManager
+
+if TYPE_CHECKING:  # it imports api.errors, which imports this module
+    from api.recording_control import RecordingControl
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Services:
     tokens: Optional[TokenVerifier] = None  # None: AUTH_MODE=off
     signer: UrlSigner = field(default_factory=UrlSigner)
     events: EventService = field(default_factory=lambda: EventService(EventStore(1000), 5.0, 100))  # person events
+    recordings: Optional[RecordingControl] = None  # made by main.build_services, started by the lifespan
 
 
 def get_services(request: Request) -> Services:

@@ -57,6 +57,9 @@ class Metrics:
                                   buckets=LAG_BUCKETS, registry=r)
         self.recording_bytes = Counter("visionguard_recording_bytes", "Bytes written to recordings",
                                        ["source"], registry=r)
+        self.recording_dropped = Counter("visionguard_recording_dropped_frames",
+                                         "Frames a recording left out because its writer fell behind (each gap "
+                                         "runs to the next keyframe)", ["source"], registry=r)
         self.events = Counter("visionguard_events", "Events emitted", ["source", "type"], registry=r)
         self.sse_disconnects = Counter("visionguard_sse_disconnects",
                                        "Event-stream clients cut off (overflow: they fell SSE_CLIENT_BUFFER "

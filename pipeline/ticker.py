@@ -6,11 +6,16 @@ encoded once per codec in use, into a short ring (`RING_TICKS`), and wakes the e
 through a one-deep hand-off. Viewers read the ring on the loop: one that takes frames takes the
 newest; one that takes encoded packets takes them in order, so a brief stall costs it nothing,
 and one that falls further behind than the ring jumps to the newest. Nothing grows.
+
+Taps (`add_tap`) get every published tick on the clock thread itself, in order, with no gap but
+the clock's own skipped ticks (a recorder): a tap must return at once (a non-blocking hand-off)
+and whatever it raises is counted (`tap_errors`) and never reaches the clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
@@ -25,6 +30,8 @@ from core.workers import Worker
 from pipeline.encoder_pool import EncoderPool
 from pipeline.frames import VIDEO_CLOCK_RATE, OutFrame, ProcessedFrame
 from pipeline.overlay import draw_status, placeholder
+
+log = logging.getLogger("visionguard.ticker")
 
 RING_TICKS = 8  # how far (in ticks) a viewer of encoded packets may lag without a keyframe
 PLACEHOLDER_TEXT = {"reconnecting": "reconnecting to source...", "failed": "source unavailable, retrying..."}
@@ -48,6 +55,9 @@ class Ticker:
         self._last_tick = -1
         self._shown_key: tuple = ()
         self._shown_i420: Optional[np.ndarray] = None
+        self._taps: tuple[Callable[[OutFrame], None], ...] = ()  # replaced whole: the clock reads it unlocked
+        self._taps_lock = threading.Lock()
+        self.tap_errors = 0
         self.worker = Worker(name, self._step)
         encoders.on_error = self.worker.record
 
@@ -74,6 +84,26 @@ class Ticker:
         """pts of the first tick from now (lets a result be matched to the video that shows it)."""
         tick = int((time.monotonic() - self._t0) * self.fps) + 1
         return tick * VIDEO_CLOCK_RATE // self.fps
+
+    # -- taps (any thread) --------------------------------------------------------------
+    def add_tap(self, tap: Callable[[OutFrame], None]) -> None:
+        """Call `tap(out)` on the clock thread with each tick published from now on."""
+        with self._taps_lock:
+            self._taps = (*self._taps, tap)
+
+    def remove_tap(self, tap: Callable[[OutFrame], None]) -> None:
+        """Stop calling `tap` (a call already under way on the clock thread may still finish)."""
+        with self._taps_lock:
+            self._taps = tuple(t for t in self._taps if t != tap)
+
+    def _call_taps(self, out: OutFrame) -> None:
+        for tap in self._taps:
+            try:
+                tap(out)
+            except Exception:  # a tap never breaks the clock
+                self.tap_errors += 1
+                if self.tap_errors == 1 or self.tap_errors % 1000 == 0:
+                    log.exception("a tick tap failed (%d so far)", self.tap_errors)
 
     # -- for viewers (event loop) -----------------------------------------------------
     async def wait_tick(self) -> None:
@@ -140,6 +170,8 @@ class Ticker:
         with self._ring_lock:
             self._ring.append(out)
         self._handoff.put(tick)
+        if self._taps:
+            self._call_taps(out)
 
     def _render(self, processed: Optional[ProcessedFrame], notice: str) -> np.ndarray:
         if processed is None:

@@ -62,21 +62,25 @@ async def test_metrics_while_viewers_stream(vtest):
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             assert (await http.post("/api/offer", json={"sdp": "v=0", "type": "answer"})).status_code == 400
             assert (await http.post("/api/offer", json={"type": "offer"})).status_code == 422
-            assert await wait_until(lambda: len(viewer.messages) >= 5, 30)
-            first = await scrape(http)
+            growing = [("visionguard_source_frames_total", {"source": "default"}),
+                       ("visionguard_processed_frames_total", {"source": "default", "model": "person"}),
+                       ("visionguard_sent_frames_total", {"source": "default"}),
+                       ("visionguard_inference_seconds_count", {"model": "person"}),
+                       ("visionguard_source_frames_total", {"source": "file"}),
+                       ("visionguard_sent_frames_total", {"source": "camera"}),
+                       ("visionguard_event_loop_lag_seconds_count", {})]
+            first: dict = {}
+
+            async def all_moving() -> bool:  # every viewer's video has begun
+                first.update(await scrape(http))
+                return all(value(first, sample, **labels) > 0 for sample, labels in growing)
+            assert await wait_until(all_moving, 30), [(s, value(first, s, **ls)) for s, ls in growing]
             for name, kind in CONTRACT.items():
                 assert name in first and first[name].type == kind, (name, first.get(name))
             await wait_until(lambda: False, 1.5)  # let the counters move
             second = await scrape(http)
-
-            for sample, labels in [("visionguard_source_frames_total", {"source": "default"}),
-                                   ("visionguard_processed_frames_total", {"source": "default", "model": "person"}),
-                                   ("visionguard_sent_frames_total", {"source": "default"}),
-                                   ("visionguard_inference_seconds_count", {"model": "person"}),
-                                   ("visionguard_source_frames_total", {"source": "file"}),
-                                   ("visionguard_sent_frames_total", {"source": "camera"}),
-                                   ("visionguard_event_loop_lag_seconds_count", {})]:
-                assert value(second, sample, **labels) > value(first, sample, **labels) > 0, (sample, labels)
+            for sample, labels in growing:
+                assert value(second, sample, **labels) > value(first, sample, **labels), (sample, labels)
             assert value(second, "visionguard_inference_seconds_sum", model="person") > 0
             assert value(second, "visionguard_offers_total", result="ok") == 3
             assert value(second, "visionguard_offers_total", result="400") == 1

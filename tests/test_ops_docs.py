@@ -28,6 +28,7 @@ COUNTERS = {
     "visionguard_offers_total",
     "visionguard_sent_frames_total",
     "visionguard_recording_bytes_total",
+    "visionguard_recording_dropped_frames_total",
     "visionguard_events_total",
     "visionguard_sse_disconnects_total",
 }
@@ -35,7 +36,7 @@ HISTOGRAMS = {"visionguard_inference_seconds", "visionguard_event_loop_lag_secon
 GAUGES = {"visionguard_source_up", "visionguard_viewers", "visionguard_sessions", "visionguard_max_sessions"}
 KNOWN = COUNTERS | HISTOGRAMS | GAUGES
 # Names the issue adds beyond the contract's "Metrics" list.
-EXTRAS = {"visionguard_sse_disconnects_total", "visionguard_max_sessions"}
+EXTRAS = {"visionguard_sse_disconnects_total", "visionguard_max_sessions", "visionguard_recording_dropped_frames_total"}
 
 ALERT_NAMES = {
     "VisionGuardSourceDown",

@@ -1,0 +1,216 @@
+"""`RecordingControl`: which recordings run, for whom, and for how long (the routes in
+`api.recordings` and the app's lifespan use it).
+
+- A source's recording holds its pipeline like a viewer does (`hub.acquire` … `hub.release`), so
+  the source keeps running while it is recorded, with or without viewers.
+- A session's recording records that session's own pipeline (its camera in camera mode) and
+  ends when the session ends.
+- Continuous recording: every source configured with `"record": true` is recorded from start-up
+  (trigger `continuous`), segment after segment; an admin's stop pauses it until a start or a
+  restart; a recording that failed (disk full) is tried again after `CONTINUOUS_RETRY_S`.
+- A supervisor task (every `SUPERVISE_S`) ends recordings whose writer failed or whose session
+  is gone, and applies retention (`RECORDINGS_MAX_AGE_H`, `RECORDINGS_MAX_BYTES`) every
+  `RETENTION_S` and whenever a recording has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
+
+from api.errors import ApiError
+from recording import Recorder, RecordingInfo, RecordingStore
+
+if TYPE_CHECKING:
+    from api.deps import Services
+
+log = logging.getLogger("visionguard.recordings")
+
+SUPERVISE_S = 0.5
+RETENTION_S = 30.0
+CONTINUOUS_RETRY_S = 30.0
+
+Key = tuple[str, str]  # ("source", name) | ("session", session id)
+
+
+@dataclass
+class Job:
+    recorder: Recorder
+    pipeline: Any  # model.AIProcessor
+    acquired: bool  # holds a hub reference, given back when the recording ends
+    session_id: Optional[str] = None
+
+
+class RecordingControl:
+    def __init__(self, services: "Services") -> None:
+        self.services = services
+        settings = services.settings
+        self.store = RecordingStore(settings.RECORDINGS_DIR)
+        self.segment_s = settings.RECORDING_SEGMENT_S
+        self.max_age_s = settings.RECORDINGS_MAX_AGE_H * 3600
+        self.max_bytes = settings.RECORDINGS_MAX_BYTES
+        self.jobs: dict[Key, Optional[Job]] = {}  # None: being started
+        self._paused: set[str] = set()  # continuous sources an admin stopped
+        self._retry_at: dict[str, float] = {}
+        self._task: Optional[asyncio.Task] = None
+        self._retention_at = 0.0
+        self._seen_changes = -1
+
+    # -- lifespan ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Rebuild the list from the sidecars, start continuous recordings and the supervisor."""
+        count = await asyncio.to_thread(self.store.load)
+        log.info("recordings: %d in %s", count, self.store.dir.name)
+        await self._ensure_continuous()
+        self._task = asyncio.create_task(self._supervise(), name="vg-recordings")
+
+    async def close(self) -> None:
+        """Stop every recording (each file closed `done`) and the supervisor."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for key in list(self.jobs):
+            await self._stop(key)
+
+    # -- sources ----------------------------------------------------------------------
+    async def start_source(self, name: str) -> RecordingInfo:
+        spec = self.services.sources[name]
+        self._paused.discard(name)
+
+        async def acquire() -> tuple[Any, bool]:
+            services = self.services
+            entry, notice = await asyncio.to_thread(services.models.load_or_fallback,
+                                                    spec.model or services.settings.DEFAULT_MODEL)
+            return services.hub.acquire(spec, entry, notice), True
+
+        return await self._start(("source", name), name, "continuous" if spec.record else "manual",
+                                 spec.metric_label, acquire)
+
+    async def stop_source(self, name: str) -> Optional[RecordingInfo]:
+        spec = self.services.sources.get(name)
+        if spec is not None and spec.record:
+            self._paused.add(name)  # until started again or a restart
+        return await self._stop(("source", name))
+
+    # -- sessions ---------------------------------------------------------------------
+    async def start_session(self, session: Any) -> RecordingInfo:
+        """Record what `session` (a webrtc.sessions.Session with a track) sees."""
+        pipeline = session.track.pipeline
+
+        async def acquire() -> tuple[Any, bool]:
+            return pipeline, False  # the session holds it; the recording ends with the session
+
+        return await self._start(("session", session.id), session.source, "session",
+                                 pipeline.capture.spec.metric_label, acquire, owner=session.owner,
+                                 session_id=session.id)
+
+    async def stop_session(self, session_id: str) -> Optional[RecordingInfo]:
+        return await self._stop(("session", session_id))
+
+    def current(self, key: Key) -> Optional[RecordingInfo]:
+        job = self.jobs.get(key)
+        return job.recorder.info() if job is not None else None
+
+    # -- recordings -------------------------------------------------------------------
+    async def delete(self, recording_id: str) -> bool:
+        """False if unknown; ValueError while it is being recorded."""
+        return await asyncio.to_thread(self.store.delete, recording_id)
+
+    # -- inside -----------------------------------------------------------------------
+    async def _start(self, key: Key, source: str, trigger: str, label: str,
+                     acquire: Callable[[], Awaitable[tuple[Any, bool]]], owner: Optional[str] = None,
+                     session_id: Optional[str] = None) -> RecordingInfo:
+        if key in self.jobs:
+            raise ApiError(409, f"{key[0].capitalize()} {key[1][:64]} is already being recorded.", "already_recording")
+        self.jobs[key] = None  # taken while the pipeline starts
+        pipeline, acquired = None, False
+        try:
+            pipeline, acquired = await acquire()
+            metrics = self.services.metrics
+            recorder = Recorder(pipeline, self.store, source, trigger, self.segment_s, owner=owner,
+                                model=pipeline.model, bytes_counter=metrics.recording_bytes.labels(label),
+                                dropped_counter=metrics.recording_dropped.labels(label))
+            info = await asyncio.to_thread(recorder.start)
+        except BaseException as exc:
+            self.jobs.pop(key, None)
+            if acquired:
+                await self.services.hub.release(pipeline)
+            if isinstance(exc, OSError):
+                raise ApiError(503, f"Cannot write to RECORDINGS_DIR: {exc.strerror or exc}.",
+                               "recordings_unavailable") from None
+            raise
+        self.jobs[key] = Job(recorder, pipeline, acquired, session_id)
+        log.info("recording %s started (%s, %s)", info.recording_id, source, trigger)
+        return info
+
+    async def _stop(self, key: Key) -> Optional[RecordingInfo]:
+        job = self.jobs.get(key)
+        if job is None:
+            return None
+        del self.jobs[key]
+        try:
+            info = await asyncio.to_thread(job.recorder.finish)
+        finally:
+            if job.acquired:
+                await self.services.hub.release(job.pipeline)
+        log.info("recording %s ended: %s, %.1f s, %d bytes%s", info.recording_id, info.state, info.duration_s,
+                 info.bytes, f" ({info.error})" if info.error else "")
+        return info
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(SUPERVISE_S)
+            try:
+                await self._check()
+            except Exception:  # the supervisor never dies of one bad round
+                log.exception("recordings: supervision failed")
+
+    async def _check(self) -> None:
+        sessions = self.services.sessions
+        for key, job in list(self.jobs.items()):
+            if job is None:
+                continue
+            if job.recorder.ended.is_set():  # the writer failed on its own
+                await self._stop(key)
+                if key[0] == "source":
+                    self._retry_at[key[1]] = time.monotonic() + CONTINUOUS_RETRY_S
+            elif job.session_id is not None:
+                session = sessions.get(job.session_id)
+                if session is None or session.track is None or session.track.pipeline is not job.pipeline:
+                    await self._stop(key)
+        await self._ensure_continuous()
+        now = time.monotonic()
+        if self.store.changes != self._seen_changes or now >= self._retention_at:
+            self._seen_changes = self.store.changes
+            self._retention_at = now + RETENTION_S
+            await asyncio.to_thread(self.apply_retention)
+
+    async def _ensure_continuous(self) -> None:
+        now = time.monotonic()
+        for name, spec in self.services.sources.items():
+            if (not spec.record or name in self._paused or ("source", name) in self.jobs
+                    or now < self._retry_at.get(name, 0.0)):
+                continue
+            try:
+                await self.start_source(name)
+            except Exception as exc:
+                self._retry_at[name] = now + CONTINUOUS_RETRY_S
+                log.error("recordings: cannot record source %s (%s); retrying in %.0f s", name, exc,
+                          CONTINUOUS_RETRY_S)
+
+    def apply_retention(self) -> list[str]:
+        """Delete what retention says (blocking). Returns the ids deleted."""
+        deleted = []
+        for recording_id in self.store.expired(self.max_age_s, self.max_bytes):
+            try:
+                if self.store.delete(recording_id):
+                    deleted.append(recording_id)
+            except ValueError:  # started again meanwhile: never deleted while recording
+                continue
+        if deleted:
+            log.info("recordings: retention deleted %d (%s)", len(deleted), ", ".join(deleted))
+        return deleted
