@@ -14,8 +14,11 @@ sees uvicorn's own `send`). For each HTTP request served by uvicorn it puts into
   returns, later ones return at once, `receive` answers `http.disconnect`, and `run_asgi`
   logs nothing ("returned without completing response" is only said of connected cycles).
 - `visionguard.closing`: a callable that is true once the server has begun a graceful
-  shutdown (uvicorn's `shutdown()` sets the running cycle's `keep_alive` to False and then
-  waits for the response to end), so that a stream ends rather than holding the shutdown.
+  shutdown (uvicorn calls each connection protocol's `shutdown()` and then waits for the
+  response to end), so that a stream ends rather than holding the shutdown. `install` wraps
+  the protocols' `shutdown` to mark the protocol (reached from the cycle's transport with the
+  public `get_protocol()`). The request's own `keep_alive` would not do: it is False from the
+  start for HTTP/1.0 and `Connection: close` requests (nginx's default to upstreams).
 
 Without uvicorn (another server, an in-process test client) neither extension is there and
 the stream does without. uvicorn and Starlette are pinned (`PINNED`, `STARLETTE_PINNED`).
@@ -33,7 +36,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http import h11_impl
 
 from compat.checks import check_internals
-from compat.uvicorn import PINNED
+from compat.uvicorn import PINNED, GuardedConnection
 
 ABORT = "visionguard.abort"
 CLOSING = "visionguard.closing"
@@ -62,13 +65,46 @@ class ConnectionExtensions:
             cycle = getattr(send, "__self__", None)
             if isinstance(cycle, self.cycles):
                 transport = cycle.transport
+                protocol = transport.get_protocol()
+                if isinstance(protocol, GuardedConnection):  # compat.uvicorn's limits sit in between
+                    protocol = protocol.inner
                 scope["extensions"] = {**(scope.get("extensions") or {}), ABORT: transport.abort,
-                                       CLOSING: lambda: not cycle.keep_alive}
+                                       CLOSING: lambda: getattr(protocol, SHUTTING_DOWN, False)}
         await self.app(scope, receive, send)
 
 
+SHUTTING_DOWN = "_visionguard_shutting_down"  # set on a protocol instance by its wrapped shutdown()
+
+
+def _mark_shutdown(protocol_class: Any) -> None:
+    original = protocol_class.shutdown
+    if getattr(original, "visionguard", False):
+        return
+
+    def shutdown(self) -> None:
+        setattr(self, SHUTTING_DOWN, True)
+        original(self)
+
+    shutdown.visionguard = True  # type: ignore[attr-defined]
+    protocol_class.shutdown = shutdown
+
+
+def _protocol_classes() -> list:
+    classes = [h11_impl.H11Protocol]
+    try:
+        from uvicorn.protocols.http import httptools_impl
+    except ImportError:
+        pass
+    else:
+        classes.append(httptools_impl.HttpToolsProtocol)
+    return classes
+
+
 def install(app: FastAPI) -> None:
-    """Wrap the middleware stack the app will build on its first request."""
+    """Wrap the middleware stack the app will build on its first request (and, once per
+    process, the protocols' `shutdown`)."""
+    for protocol_class in _protocol_classes():
+        _mark_shutdown(protocol_class)
     build = app.build_middleware_stack
     app.build_middleware_stack = lambda: ConnectionExtensions(build())  # type: ignore[method-assign]
 
@@ -81,10 +117,10 @@ def _names(function: Any) -> tuple:
 
 def _cycle_ok(cycle: Any, protocol: Any) -> bool:
     return (inspect.iscoroutinefunction(cycle.send) and "transport" in _names(cycle.__init__)
-            and "keep_alive" in _names(cycle.__init__) and "disconnected" in _names(cycle.send)
+            and "disconnected" in _names(cycle.send)
             and "send" in _names(cycle.run_asgi) and "disconnected" in _names(cycle.run_asgi)
             and {"disconnected", "resume_writing"} <= set(_names(protocol.connection_lost))
-            and "keep_alive" in _names(protocol.shutdown))
+            and callable(getattr(protocol, "shutdown", None)))
 
 
 def _h11() -> bool:

@@ -94,14 +94,16 @@ def main_py_stop_line(prelude: str) -> str:
 
 
 @asynccontextmanager
-async def running_server(port: int = 0, log_level: str = "warning", **overrides):
-    """A real uvicorn server on a loopback port (free unless given), in this event loop."""
+async def running_server(port: int = 0, log_level: str = "warning", http: str = "h11", **overrides):
+    """A real uvicorn server on a loopback port (free unless given), in this event loop
+    (`http`: uvicorn's HTTP implementation, `h11` or `httptools`)."""
     import main
 
     port = port or free_port()
     settings = load_settings(**{**TEST_ENV, "SERVER_PORT": port, **overrides})
     app = main.create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, lifespan="on",
+                                            http=http))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

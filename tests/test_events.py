@@ -423,15 +423,27 @@ async def test_events_need_view_and_media_take_signed_urls(tmp_path):
             assert sse.events[0]["id"] == made["id"] and "sig=" in sse.events[0]["data"]["snapshot_url"]
 
 
-async def test_an_open_stream_does_not_hold_the_shutdown():
-    """uvicorn waits for open responses before it stops; the stream ends when it is asked to."""
-    async with running_server() as (url, svc):
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+async def test_an_open_stream_does_not_hold_the_shutdown_and_stays_open_until_then(http):
+    """uvicorn waits for open responses before it stops; the stream ends when it is asked to,
+    and not before: also for `Connection: close` requests (nginx's default to upstreams speaks
+    HTTP/1.0), for which httptools marks the request not keep-alive from the start."""
+    async with running_server(http=http) as (url, svc):
         sse = SseClient(url, "/api/events/stream")
+        closing = SseClient(url, "/api/events/stream", headers={"Connection": "close"})
         await sse.__aenter__()
-        assert await wait_until(lambda: svc.events.subscribers, 15)
+        await closing.__aenter__()
+        assert await wait_until(lambda: len(svc.events.subscribers) == 2, 15)
+        await asyncio.sleep(1.5)  # the stream checks for a shutdown every CLOSING_POLL_S
+        event = await svc.events.emit("default", "person_seen", 1)
+        for client in (sse, closing):
+            assert await client.wait_for(lambda ev: any(e["id"] == event["id"] for e in ev), 15), client.path
+            assert not client.ended
         t0 = time.monotonic()
-    assert time.monotonic() - t0 < 10 and await sse.wait_for(lambda ev: False, 5) is False and sse.ended
-    await sse.close()
+    assert time.monotonic() - t0 < 10
+    for client in (sse, closing):
+        assert await client.wait_for(lambda ev: False, 5) is False and client.ended
+        await client.close()
 
 
 def test_a_changed_uvicorn_stops_start_up_with_one_line(monkeypatch):
