@@ -90,12 +90,17 @@ async def _stream(service: EventService, source: Optional[str], resume: Optional
                   render: Callable[[dict], dict], keepalive_s: float) -> AsyncIterator[str]:
     # runs once the headers are sent: a response that never starts leaves no subscriber behind
     sub = service.subscribe(source, extensions.get(ABORT))  # before reading the backlog: no gap
+    reset = resume is not None and resume >= service.store.next_id  # ids began again (no EVENTS_FILE)
+    if reset:
+        resume = 0  # the client's id means nothing here: everything kept is new to it
     backlog = service.store.after(resume, source) if resume is not None else []
     last_id = resume or 0
     closing = extensions.get(CLOSING) or (lambda: False)
     getter: Optional[asyncio.Task] = None
     try:
         yield "retry: 3000\n\n"
+        if reset:
+            yield "event: reset\ndata: {}\n\n"
         for event in backlog:
             yield _sse(render(event))
             last_id = event["id"]

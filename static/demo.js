@@ -297,6 +297,10 @@ async function loadEvents() {
     for (const type of ["person_seen", "person_gone"]) {
       source.addEventListener(type, (m) => showEvent(JSON.parse(m.data)));
     }
+    source.addEventListener("reset", () => { // the server's ids began again (it keeps no EVENTS_FILE)
+      vg.lastEventId = null;
+      $("events").replaceChildren();
+    });
     source.onopen = () => { $("events-state").textContent = "live"; };
     source.onerror = () => {
       // EventSource reconnects by itself (with Last-Event-ID); a refused reconnect (the signed
