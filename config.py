@@ -122,7 +122,8 @@ class Settings(BaseSettings):
 
     # Events (doc/API_DOCUMENTATION.md "Events")
     EVENT_HOLD_S: float = Field(5.0, gt=0, le=3600)  # this long without a person ends a visit
-    EVENTS_MAX: int = Field(1000, ge=1, le=100_000)  # newest events kept (memory and on reload)
+    # newest events kept (memory and on reload); at most what the rotated file (2 x 10 MB) surely holds
+    EVENTS_MAX: int = Field(1000, ge=1, le=20_000)
     EVENTS_FILE: Optional[Path] = Path("./events.jsonl")  # JSON lines, rotated at 10 MB; empty = not kept
     SSE_CLIENT_BUFFER: int = Field(100, ge=1, le=100_000)  # undelivered events per SSE client before it is cut
     SSE_KEEPALIVE_S: float = Field(15.0, gt=0, le=300)

@@ -29,8 +29,10 @@ def problems(services: Services) -> list[str]:
         found.append(f"DEFAULT_MODEL {s.DEFAULT_MODEL!r} failed to load ({entry.error}); sources use 'none'.")
     captures, pipelines = services.hub.running()
     for capture in captures:
-        if capture.state in ("reconnecting", "failed"):
-            found.append(f"Source {capture.spec.name} is {capture.state}: {capture.last_error}")
+        # a viewer's own camera is that viewer's business (and its name holds part of a session id)
+        if capture.state in ("reconnecting", "failed") and capture.spec.kind != "camera":
+            name = capture.spec.metric_label  # an offer's file is `file`: /health is open to all
+            found.append(f"Source {name} is {capture.state}: {capture.last_error}")
     for pipeline in pipelines:
         name = f"{pipeline.source}/{pipeline.model}"
         if pipeline.stage.failed_in_row >= FAILED_FRAMES:

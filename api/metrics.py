@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from api.auth import MetricsDep
 from api.deps import Services, ServicesDep
@@ -35,18 +35,25 @@ class StateCollector:
         captures, pipelines = services.hub.running()
         # every configured source is listed (0 while idle); `camera` and `file` while in use
         up = {spec.metric_label: 0 for spec in services.sources.values()}
-        viewers = dict.fromkeys(up, 0)
+        running, viewers = dict.fromkeys(up, 0), dict.fromkeys(up, 0)
         for capture in captures:
             label = capture.spec.metric_label
             up[label] = max(up.get(label, 0), int(capture.state == "live"))
+            running[label] = 1
         for pipeline in pipelines:
             label = pipeline.capture.spec.metric_label
             viewers[label] = viewers.get(label, 0) + pipeline.viewers - pipeline.held
         yield _gauge("visionguard_source_up", "1 while the source delivers frames, else 0", "source", up)
+        yield _gauge("visionguard_source_running", "1 while something keeps the source's pipeline running "
+                     "(a viewer, always_on, a recording), else 0: up == 0 while running means down", "source", running)
         yield _gauge("visionguard_viewers", "Sessions watching the source", "source", viewers)
         states = Tally(s.pc.connectionState for s in list(services.sessions.sessions.values()))
         yield _gauge("visionguard_sessions", "Sessions by WebRTC connection state", "state",
                      {state: states.get(state, 0) for state in (*SESSION_STATES, *states)})
+        dropped = CounterMetricFamily("visionguard_events_dropped", "Events that fell out of the kept log "
+                                      "(EVENTS_MAX) since start")
+        dropped.add_metric([], services.events.store.dropped)
+        yield dropped
         limit = GaugeMetricFamily("visionguard_max_sessions", "MAX_SESSIONS (alerts compare sessions with it)")
         limit.add_metric([], services.settings.MAX_SESSIONS)
         yield limit

@@ -86,6 +86,8 @@ async def test_metrics_while_viewers_stream(vtest):
             assert value(second, "visionguard_offers_total", result="400") == 1
             assert value(second, "visionguard_offers_total", result="422") == 1
             assert value(second, "visionguard_source_up", source="default") == 1
+            assert value(second, "visionguard_source_running", source="default") == 1
+            assert second["visionguard_events_dropped"].type == "counter"
             assert value(second, "visionguard_viewers", source="default") == 1
             assert value(second, "visionguard_viewers", source="file") == 1
             assert value(second, "visionguard_viewers", source="camera") == 1
@@ -106,6 +108,7 @@ async def test_metrics_while_viewers_stream(vtest):
             assert await wait_until(lambda: not svc.sessions.sessions, 15)
             after = await scrape(http)
             assert value(after, "visionguard_source_up", source="default") == 0  # idle: nobody watches
+            assert value(after, "visionguard_source_running", source="default") == 0  # so not down either
             assert value(after, "visionguard_viewers", source="default") == 0
             assert "file" not in {s.labels.get("source") for s in after["visionguard_viewers"].samples}
             # counters never go back when a pipeline stops

@@ -27,16 +27,19 @@ COUNTERS = {
     "visionguard_source_reconnects_total",
     "visionguard_offers_total",
     "visionguard_sent_frames_total",
+    "visionguard_events_dropped_total",
     "visionguard_recording_bytes_total",
     "visionguard_recording_dropped_frames_total",
     "visionguard_events_total",
     "visionguard_sse_disconnects_total",
 }
 HISTOGRAMS = {"visionguard_inference_seconds", "visionguard_event_loop_lag_seconds"}
-GAUGES = {"visionguard_source_up", "visionguard_viewers", "visionguard_sessions", "visionguard_max_sessions"}
+GAUGES = {"visionguard_source_up", "visionguard_source_running", "visionguard_viewers", "visionguard_sessions",
+          "visionguard_max_sessions"}
 KNOWN = COUNTERS | HISTOGRAMS | GAUGES
 # Names the issue adds beyond the contract's "Metrics" list.
-EXTRAS = {"visionguard_sse_disconnects_total", "visionguard_max_sessions", "visionguard_recording_dropped_frames_total"}
+EXTRAS = {"visionguard_sse_disconnects_total", "visionguard_max_sessions", "visionguard_recording_dropped_frames_total",
+          "visionguard_source_running", "visionguard_events_dropped_total"}
 
 ALERT_NAMES = {
     "VisionGuardSourceDown",

@@ -78,6 +78,7 @@ async def test_rtsp_viewer_survives_repeated_camera_outages(rtsp_server):
                 assert health["status"] == "degraded" and "lobby" in " ".join(health["problems"])
                 down_metrics = parse((await http.get("/metrics")).text)
                 assert value(down_metrics, "visionguard_source_up", source="lobby") == 0
+                assert value(down_metrics, "visionguard_source_running", source="lobby") == 1  # down, not idle
                 assert value(down_metrics, "visionguard_source_reconnects_total", source="lobby") >= outage + 1
                 stalled_at = viewer.messages[-1][1]["frame_id"]
                 received_before = len(watch.pts)
