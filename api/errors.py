@@ -38,6 +38,14 @@ class ApiError(HTTPException):
         self.code = code or DEFAULT_CODES.get(status_code, "error")
 
 
+def single_query_values(request: Request) -> None:
+    """A route dependency: a query parameter given twice (`?source=a&source=b`) is refused
+    rather than silently cut to one value."""
+    for name in request.query_params:
+        if len(request.query_params.getlist(name)) > 1:
+            raise ApiError(400, f"Query parameter {name[:64]!r} is given more than once.", "bad_request")
+
+
 class ErrorResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"detail": "The SDP offer has no video (m=video) section.", "code": "bad_offer"}]})

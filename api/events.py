@@ -11,13 +11,13 @@ import asyncio
 import json
 from typing import Annotated, AsyncIterator, Callable, Literal, Optional
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import AUTH_ERRORS, MediaViewerDep, ViewerDep
 from api.deps import Services, ServicesDep
-from api.errors import ApiError, error_responses
+from api.errors import ApiError, error_responses, single_query_values
 from compat.asgi import ABORT, CLOSING
 from events import EventService
 
@@ -57,6 +57,16 @@ def _signed(services: Services, path: str, subject: str) -> str:
     return services.signer.sign(path, subject)[0] if services.tokens is not None else path
 
 
+class EventsQuery(BaseModel):
+    """Unknown query parameters are refused (422), so that a typo (`?limt=5`) is not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Optional[str] = Field(None, max_length=64, description="Only this source's")
+    since: Optional[int] = Field(None, ge=0, description="Only events with a larger id")
+    limit: int = Field(100, ge=1, le=1000, description="At most this many (the newest)")
+
+
 def public_event(services: Services, event: dict, subject: str) -> dict:
     """The stored event plus its `snapshot_url` for this caller."""
     url = _signed(services, f"/api/events/{event['id']}/snapshot.jpg", subject) if event["snapshot_id"] else None
@@ -67,17 +77,16 @@ def _events(services: Services) -> EventService:
     return services.events
 
 
-@router.get("", response_model=EventsResponse, summary="Recent person events",
-            responses=error_responses({**AUTH_ERRORS, 422: "`limit` outside 1..1000 or `since` not an integer"}))
-async def list_events(services: ServicesDep, caller: ViewerDep,
-                      source: Annotated[Optional[str], Query(max_length=64, description="Only this source's")] = None,
-                      since: Annotated[Optional[int], Query(ge=0, description="Only events with a larger id")] = None,
-                      limit: Annotated[int, Query(ge=1, le=1000, description="At most this many")] = 100,
+@router.get("", response_model=EventsResponse, summary="Recent person events", dependencies=[Depends(single_query_values)],
+            responses=error_responses({**AUTH_ERRORS, 400: "A query parameter given twice (code `bad_request`)",
+                                       422: "`limit` outside 1..1000, `since` not an integer, or an unknown "
+                                            "query parameter"}))
+async def list_events(services: ServicesDep, caller: ViewerDep, query: Annotated[EventsQuery, Query()]
                       ) -> EventsResponse:
     """The kept events (the newest `EVENTS_MAX`), newest first: `person_seen` when a person
     appears on a followed source, `person_gone` `EVENT_HOLD_S` after the last one. An unknown
     source gives an empty list. `stream_url` is the live stream for this caller."""
-    found = _events(services).store.newest_first(source, since, limit)
+    found = _events(services).store.newest_first(query.source, query.since, query.limit)
     return EventsResponse(events=[public_event(services, e, caller.subject) for e in found],
                           stream_url=_signed(services, STREAM_PATH, caller.subject))
 

@@ -11,15 +11,15 @@ import asyncio
 import os
 import re
 from datetime import datetime, timezone
-from typing import AsyncIterator, Literal, Optional
+from typing import Annotated, AsyncIterator, Literal, Optional
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import AUTH_ERRORS, AdminDep, MediaViewerDep, ViewerDep
 from api.deps import Services, ServicesDep
-from api.errors import ApiError, error_responses
+from api.errors import ApiError, error_responses, single_query_values
 from api.tokens import Principal
 from recording import RecordingInfo, valid_id
 
@@ -167,9 +167,20 @@ async def stop_session(session_id: str, services: ServicesDep, caller: ViewerDep
     return _stopped(info)
 
 
+class RecordingsQuery(BaseModel):
+    """Unknown query parameters are refused (422), so that a typo is not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Optional[str] = Field(None, max_length=64, description="Only this source's recordings")
+
+
 @router.get("/recordings", response_model=RecordingsResponse, summary="The recordings, newest first",
-            responses=error_responses(AUTH_ERRORS))
-async def list_recordings(services: ServicesDep, caller: ViewerDep, source: Optional[str] = None) -> RecordingsResponse:
+            dependencies=[Depends(single_query_values)],
+            responses=error_responses({**AUTH_ERRORS, 400: "A query parameter given twice (code `bad_request`)",
+                                       422: "An unknown query parameter, or `source` too long"}))
+async def list_recordings(services: ServicesDep, caller: ViewerDep,
+                          query: Annotated[RecordingsQuery, Query()]) -> RecordingsResponse:
     """Every recording (those being written too), newest first; `?source=` keeps one source's.
     Rebuilt from the sidecars at start-up: a file a crash cut is `done` with the duration it plays."""
     return RecordingsResponse(recordings=[
@@ -177,7 +188,7 @@ async def list_recordings(services: ServicesDep, caller: ViewerDep, source: Opti
                   ended_at=_when(i.ended_at), duration_s=i.duration_s, bytes=i.bytes, frames=i.frames,
                   state=i.state, error=i.error, trigger=i.trigger, dropped_frames=i.dropped_frames,
                   download_url=download_url(services, i.recording_id, caller.subject))
-        for i in services.recordings.store.list(source) if _visible(i, caller)])
+        for i in services.recordings.store.list(query.source) if _visible(i, caller)])
 
 
 def _found(services: Services, recording_id: str, caller: Principal) -> RecordingInfo:
