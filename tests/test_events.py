@@ -243,6 +243,11 @@ async def test_people_give_person_seen_with_a_snapshot(server):
                 assert any(e["id"] == data["id"] for e in listed["events"])
                 assert (await http.get("/api/events", params={"source": "nope"})).json()["events"] == []
                 assert (await http.get("/api/events", params={"limit": 1001})).status_code == 422
+                assert (await http.get("/api/events", params={"limt": 5})).status_code == 422  # a typo
+                twice = await http.get("/api/events?source=a&source=b")
+                assert twice.status_code == 400 and twice.json()["code"] == "bad_request"
+                for path in ("/api/recordings?sauce=x", "/api/recordings?source=a&source=b"):
+                    assert (await http.get(path)).status_code in (400, 422), path
                 r = await http.get("/api/events/999999/snapshot.jpg")
                 assert r.status_code == 404 and r.json()["code"] == "not_found"
         finally:

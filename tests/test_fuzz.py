@@ -5,6 +5,7 @@ MAX_EXAMPLES generated cases per operation, plus schemathesis' explicit and cove
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 
@@ -66,14 +67,21 @@ def _openapi() -> dict:
 
 #: a schema-valid offer may still be refused by what no JSON schema can say: its SDP, an unknown
 #: model name (both 400, documented), a full server (never reached here: MAX_SESSIONS is high)
-CONFIG = schemathesis.config.SchemathesisConfig.from_dict({"checks": {"positive_data_acceptance": {
-    "expected-statuses": ["2xx", "400", "404", "409"]}}})
+CONFIG = schemathesis.config.SchemathesisConfig.from_dict({
+    "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "404", "409"]}},
+    # These list routes refuse unknown query parameters (422) and repeated ones (400); the
+    # negative cases schemathesis makes for "extra query parameters" may carry a parameter the
+    # HTTP client then drops, so the request it checks is not the one it sent. Their query
+    # checks are in tests/test_events.py and tests/test_recording.py.
+    "operations": [{"include-path-regex": "^/api/(events|recordings)$",
+                    "checks": {"negative_data_rejection": {"enabled": False}}}]})
 # The event stream never ends (a keep-alive comment every SSE_KEEPALIVE_S), which a fuzzer that
 # reads whole answers cannot take; tests/test_events.py drives it (auth, resume, bad ids, overflow).
 schema = schemathesis.openapi.from_dict(_openapi(), config=CONFIG).exclude(path="/api/events/stream")
 
 
 MAX_EXAMPLES = 100
+TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 header field name
 
 
 def test_the_fuzzed_schema_is_the_served_one(live_server):
@@ -83,6 +91,11 @@ def test_the_fuzzed_schema_is_the_served_one(live_server):
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 def test_every_route_answers_as_documented(case, live_server):
+    # Raw HTTP that is not HTTP (a header name with spaces or tabs, a Content-Length that is not
+    # a number) never reaches the app: uvicorn's parser answers its own plain 400 (test_hostile).
+    if case.headers:
+        case.headers = {k: v for k, v in case.headers.items()
+                        if TOKEN.fullmatch(k) and k.lower() not in ("content-length", "transfer-encoding", "host")}
     case.call_and_validate(base_url=live_server["url"], timeout=30, headers=HEADERS)
 
 
