@@ -37,11 +37,14 @@ class Event(BaseModel):
     snapshot_id: Optional[str]
     snapshot_url: Optional[str] = Field(description="The JPEG, ready for an <img> (signed for the caller "
                                         "when AUTH_MODE=jwt); null when the event has no snapshot")
+    recording_id: Optional[str] = Field(None, description="With RECORD_EVENTS=true: the recording of this visit "
+                                        "(`GET /api/recordings/{id}`), the same for its person_seen and person_gone")
 
 
 EXAMPLE = {"id": 42, "source": "lobby", "type": "person_seen", "ts": 1764417600.123, "count": 2,
            "visit_id": "3f9c2a71be04", "snapshot_id": "9b1d4c2e7f0a5d83",
-           "snapshot_url": "/api/events/42/snapshot.jpg?exp=1764417900&sub=alice&sig=Zm9v"}
+           "snapshot_url": "/api/events/42/snapshot.jpg?exp=1764417900&sub=alice&sig=Zm9v",
+           "recording_id": "5f0e2b9c4d3a41e8a7b6c5d4e3f2a1b0"}
 
 
 class EventsResponse(BaseModel):
@@ -70,7 +73,7 @@ class EventsQuery(BaseModel):
 def public_event(services: Services, event: dict, subject: str) -> dict:
     """The stored event plus its `snapshot_url` for this caller."""
     url = _signed(services, f"/api/events/{event['id']}/snapshot.jpg", subject) if event["snapshot_id"] else None
-    return {**event, "snapshot_url": url}
+    return {**event, "snapshot_url": url, "recording_id": event.get("recording_id")}
 
 
 def _events(services: Services) -> EventService:

@@ -8,6 +8,10 @@
 - Continuous recording: every source configured with `"record": true` is recorded from start-up
   (trigger `continuous`), segment after segment; an admin's stop pauses it until a start or a
   restart; a recording that failed (disk full) is tried again after `CONTINUOUS_RETRY_S`.
+- Event recordings (`RECORD_EVENTS`): while a source's person events are followed, a `PreRoll`
+  keeps its last `RECORD_PRE_S` of H.264 packets; a `person_seen` starts a recording (trigger
+  `event`) that begins with them, and a `person_gone` ends it `RECORD_POST_S` later, unless the
+  next visit begins first (it then goes on in the same recording). Both events carry its id.
 - A supervisor task (every `SUPERVISE_S`) ends recordings whose writer failed or whose session
   is gone, and applies retention (`RECORDINGS_MAX_AGE_H`, `RECORDINGS_MAX_BYTES`) every
   `RETENTION_S` and whenever a recording has ended.
@@ -19,10 +23,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Sequence
 
 from api.errors import ApiError
-from recording import Recorder, RecordingInfo, RecordingStore
+from recording import PreRoll, Recorder, RecordingInfo, RecordingStore
 
 if TYPE_CHECKING:
     from api.deps import Services
@@ -33,7 +37,7 @@ SUPERVISE_S = 0.5
 RETENTION_S = 30.0
 CONTINUOUS_RETRY_S = 30.0
 
-Key = tuple[str, str]  # ("source", name) | ("session", session id)
+Key = tuple[str, str]  # ("source", name) | ("session", session id) | ("event", source name)
 
 
 @dataclass
@@ -58,6 +62,13 @@ class RecordingControl:
         self._task: Optional[asyncio.Task] = None
         self._retention_at = 0.0
         self._seen_changes = -1
+        self.record_events = settings.RECORD_EVENTS
+        self.pre_s, self.post_s = settings.RECORD_PRE_S, settings.RECORD_POST_S
+        self.prerolls: dict[int, PreRoll] = {}  # id(pipeline) → its pre-roll (event recordings)
+        self._post: dict[str, asyncio.TimerHandle] = {}  # source → the pending end of its event recording
+        if self.record_events:  # from the first pipeline on (always_on ones start before `start`)
+            services.hub.watchers.append(self._watch)
+            services.events.visit_hook = self.on_visit
 
     # -- lifespan ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -69,6 +80,12 @@ class RecordingControl:
 
     async def close(self) -> None:
         """Stop every recording (each file closed `done`) and the supervisor."""
+        for timer in self._post.values():
+            timer.cancel()
+        self._post.clear()
+        for preroll in self.prerolls.values():
+            preroll.stop()
+        self.prerolls.clear()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -115,6 +132,46 @@ class RecordingControl:
         job = self.jobs.get(key)
         return job.recorder.info() if job is not None else None
 
+    # -- events (RECORD_EVENTS) ------------------------------------------------------------
+    def _watch(self, pipeline: Any, started: bool) -> None:
+        """A hub watcher: a pre-roll for each pipeline the event service would follow."""
+        if started and self.services.events.follows(pipeline):
+            preroll = self.prerolls[id(pipeline)] = PreRoll(pipeline, self.pre_s)
+            preroll.start()
+        elif not started and id(pipeline) in self.prerolls:
+            self.prerolls.pop(id(pipeline)).stop()
+
+    async def on_visit(self, source: str, type_: str, visit_id: Optional[str], pipeline: Any) -> Optional[str]:
+        """The event service's visit hook: the id of the recording this event belongs to."""
+        key = ("event", source)
+        job = self.jobs.get(key)
+        if type_ == "person_seen":
+            timer = self._post.pop(source, None)
+            if timer is not None:
+                timer.cancel()  # a new visit within the post-roll: the same recording goes on
+            if job is not None and not job.recorder.ended.is_set():
+                return job.recorder.info().recording_id
+            if key in self.jobs:  # being started, or ended on its own: not this time
+                return None
+            preroll = self.prerolls.get(id(pipeline))
+
+            async def acquire() -> tuple[Any, bool]:
+                return pipeline, False  # the pipeline runs for its viewers; the recording ends with it
+
+            info = await self._start(key, source, "event", pipeline.capture.spec.metric_label, acquire,
+                                     preroll=preroll.frames() if preroll is not None else ())
+            return info.recording_id
+        if job is None:
+            return None
+        if source not in self._post:
+            loop = asyncio.get_running_loop()
+            self._post[source] = loop.call_later(self.post_s, self._end_event, source)
+        return job.recorder.info().recording_id
+
+    def _end_event(self, source: str) -> None:
+        self._post.pop(source, None)
+        asyncio.ensure_future(self._stop(("event", source)))
+
     # -- recordings -------------------------------------------------------------------
     async def delete(self, recording_id: str) -> bool:
         """False if unknown; ValueError while it is being recorded."""
@@ -123,7 +180,7 @@ class RecordingControl:
     # -- inside -----------------------------------------------------------------------
     async def _start(self, key: Key, source: str, trigger: str, label: str,
                      acquire: Callable[[], Awaitable[tuple[Any, bool]]], owner: Optional[str] = None,
-                     session_id: Optional[str] = None) -> RecordingInfo:
+                     session_id: Optional[str] = None, preroll: Sequence[Any] = ()) -> RecordingInfo:
         if key in self.jobs:
             raise ApiError(409, f"{key[0].capitalize()} {key[1][:64]} is already being recorded.", "already_recording")
         self.jobs[key] = None  # taken while the pipeline starts
@@ -133,7 +190,7 @@ class RecordingControl:
             metrics = self.services.metrics
             recorder = Recorder(pipeline, self.store, source, trigger, self.segment_s, owner=owner,
                                 model=pipeline.model, bytes_counter=metrics.recording_bytes.labels(label),
-                                dropped_counter=metrics.recording_dropped.labels(label))
+                                dropped_counter=metrics.recording_dropped.labels(label), preroll=preroll)
             info = await asyncio.to_thread(recorder.start)
         except BaseException as exc:
             self.jobs.pop(key, None)

@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Awaitable, Callable, Iterable, Optional
 
 import cv2
 import numpy as np
@@ -55,6 +55,7 @@ class _Job:
     visit_id: Optional[str]
     ts: float
     future: Optional[asyncio.Future]
+    pipeline: Any = None  # the pipeline the tracker followed (for the visit hook)
 
 
 def _settle(future: Optional[asyncio.Future], result: Optional[dict] = None,
@@ -89,6 +90,9 @@ class EventService:
         self._jobs: asyncio.Queue[Optional[_Job]] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._stopped = False
+        #: awaited before each event is made: (source, type, visit_id, pipeline) -> recording id
+        #: or None (event recordings: RECORD_EVENTS); it never stops an event from being made
+        self.visit_hook: Optional[Callable[[str, str, Optional[str], Any], Awaitable[Optional[str]]]] = None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -150,7 +154,7 @@ class EventService:
 
     def _follow(self, source: str, pipeline: Any) -> None:
         tracker = VisitTracker(self.hold_s, lambda type_, count, image, visit_id:
-                               self.submit(source, type_, count, image, visit_id), self.clock)
+                               self.submit(source, type_, count, image, visit_id, pipeline), self.clock)
         pipeline.add_listener(tracker.on_frame)
         self._followed[source] = (pipeline, tracker)
         log.info("events: following %s/%s", source, pipeline.model)
@@ -175,12 +179,12 @@ class EventService:
 
     # -- making events -------------------------------------------------------------------
     def submit(self, source: str, type_: str, count: int, image: Optional[np.ndarray] = None,
-               visit_id: Optional[str] = None) -> Optional[asyncio.Future]:
+               visit_id: Optional[str] = None, pipeline: Any = None) -> Optional[asyncio.Future]:
         """Queue an event (on the loop; returns at once). Its future gives the stored event."""
         if self._stopped:
             return None
         future = asyncio.get_running_loop().create_future()
-        self._jobs.put_nowait(_Job(source, type_, count, image, visit_id, time.time(), future))
+        self._jobs.put_nowait(_Job(source, type_, count, image, visit_id, time.time(), future, pipeline))
         return future
 
     async def emit(self, source: str, type_: str, count: int, image: Optional[np.ndarray] = None,
@@ -230,6 +234,14 @@ class EventService:
                     self.store.memory_snapshots[snapshot_id] = jpeg
         event = {"id": 0, "source": job.source, "type": job.type, "ts": round(job.ts, 3), "count": job.count,
                  "visit_id": job.visit_id, "snapshot_id": snapshot_id}
+        if self.visit_hook is not None and job.pipeline is not None:
+            try:
+                recording_id = await self.visit_hook(job.source, job.type, job.visit_id, job.pipeline)
+            except Exception:  # the event still comes, without its recording
+                log.exception("events: the recording of a %s event of %s failed", job.type, job.source)
+                recording_id = None
+            if recording_id is not None:
+                event["recording_id"] = recording_id
         dropped = self.store.add(event)
         self.metrics.events.labels(job.source, job.type).inc()
         self.publish(event)

@@ -55,6 +55,8 @@ class Recorder:
         for frame in preroll:
             self._queue.put_nowait(frame)
         self._after_pts: Optional[int] = preroll[-1].pts if preroll else None  # live frames start after it
+        # with a pre-roll the recording begins that long before now
+        self._preroll_s = (preroll[-1].pts - preroll[0].pts) / VIDEO_CLOCK_RATE if preroll else 0.0
         self._skipping = False  # the queue was full: drop up to the next keyframe
         self._key_asked = False
         self._file: Optional[Mp4File] = None
@@ -69,7 +71,8 @@ class Recorder:
     # -- control (blocking: call off the event loop) -----------------------------------
     def start(self) -> RecordingInfo:
         """Create the first segment's sidecar (raises OSError if it can't be) and start recording."""
-        self.current = self.store.create(self.source, self.trigger, self.owner, self.model)
+        self.current = self.store.create(self.source, self.trigger, self.owner, self.model,
+                                         started_at=time.time() - self._preroll_s)
         self.pipeline.use_codec(CODEC)
         self._using_codec = True
         self.pipeline.add_tap(self._tap)

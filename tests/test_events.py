@@ -232,7 +232,8 @@ async def test_people_give_person_seen_with_a_snapshot(server):
             assert seen["at"] - t0 <= 5, "the issue's bound (measured here: about 0.3 s)"
             data = seen["data"]
             assert data["source"] == "people" and data["count"] >= 1 and data["visit_id"] and data["id"] == seen["id"]
-            assert set(data) == {"id", "source", "type", "ts", "count", "visit_id", "snapshot_id", "snapshot_url"}
+            assert set(data) == {"id", "source", "type", "ts", "count", "visit_id", "snapshot_id", "snapshot_url",
+                                 "recording_id"}
             async with httpx.AsyncClient(base_url=url, timeout=30) as http:
                 r = await http.get(data["snapshot_url"])
                 assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
