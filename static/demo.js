@@ -103,6 +103,7 @@ async function loadChoices() {
     fill($("source"), "option", sources.sources.map((s) => [`${s.name} (${s.kind}, ${s.state})`, s.name]));
     fill($("model"), "option", [[`default (${models.default})`, ""]].concat(
       models.models.filter((m) => m.state !== "error").map((m) => [m.name, m.name])));
+    showRecordButton();
   } catch (e) {
     showError(e.status === 401 || e.status === 403 ? e.message : "Could not load sources and models: " + e.message);
   }
@@ -316,6 +317,136 @@ async function loadEvents() {
   }
 }
 
+// -- Recordings: a Record toggle for the selected source (POST/DELETE /api/sources/{name}/record,
+// `admin` when access control is on) and the list from /api/recordings, newest first. Play puts
+// a row's `download_url` (signed for this token when access control is on, so <video> needs no
+// header) into the one #playback element.
+const RECORDINGS_EVERY_MS = 10000;
+let recordBusy = false;
+let recordTimer = null;
+let recordingsDenied = false; // 401/403: wait for Connect (a new token) before asking again
+const recordingSince = {}; // source → start (ms since the epoch) of its recording in progress
+vg.recordings = [];
+vg.recordingsLoads = 0;
+
+function formatBytes(n) {
+  return n >= 1024 * 1024 ? (n / (1024 * 1024)).toFixed(1) + " MB" : Math.ceil(n / 1024) + " KB";
+}
+
+function formatDuration(s) {
+  if (s < 60) return s.toFixed(1) + " s";
+  const m = Math.floor(s / 60);
+  return `${m}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
+}
+
+function showRecordButton() {
+  const button = $("record");
+  const source = $("source").value;
+  const since = recordingSince[source];
+  button.disabled = recordBusy || !source;
+  button.classList.toggle("on", since !== undefined);
+  button.setAttribute("aria-pressed", String(since !== undefined));
+  if (since !== undefined) {
+    button.textContent = `Recording… ${Math.max(0, Math.round((Date.now() - since) / 1000))} s`;
+    button.title = "Stop recording " + source;
+  } else {
+    button.textContent = "Record";
+    button.title = source ? "Record " + source : "Record the selected source";
+  }
+  clearInterval(recordTimer);
+  if (since !== undefined) recordTimer = setInterval(showRecordButton, 1000);
+}
+
+function playRecording(r) {
+  const video = $("playback");
+  vg.playing = r.recording_id;
+  video.muted = true;
+  video.playsInline = true;
+  video.src = r.download_url;
+  video.play().catch((e) => { if (e.name !== "AbortError") showError("Cannot play the recording: " + e.message); });
+}
+
+function recordingRow(r) {
+  const tr = document.createElement("tr");
+  tr.dataset.id = r.recording_id;
+  tr.dataset.state = r.state;
+  const cells = [r.source, new Date(r.started_at).toLocaleString(), formatDuration(r.duration_s),
+    formatBytes(r.bytes), r.state === "failed" && r.error ? `failed: ${r.error}` : r.state];
+  for (const text of cells) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    tr.append(td);
+  }
+  const td = document.createElement("td");
+  const play = document.createElement("button");
+  play.type = "button";
+  play.className = "play";
+  play.textContent = "Play";
+  play.disabled = r.state === "recording" || r.bytes === 0; // still being written, or nothing to play
+  play.addEventListener("click", () => playRecording(r));
+  td.append(play);
+  tr.append(td);
+  return tr;
+}
+
+async function loadRecordings() {
+  try {
+    const body = await api("/api/recordings");
+    recordingsDenied = false;
+    vg.recordings = body.recordings;
+    vg.recordingsLoads += 1;
+    for (const key of Object.keys(recordingSince)) delete recordingSince[key];
+    for (const r of body.recordings) { // the newest first: keep each source's newest in progress
+      if (r.state === "recording" && r.trigger !== "session" && !(r.source in recordingSince)) {
+        recordingSince[r.source] = Date.parse(r.started_at);
+      }
+    }
+    $("recordings").tBodies[0].replaceChildren(...body.recordings.map(recordingRow));
+    $("recordings-state").textContent = body.recordings.length ? "" : "none yet";
+  } catch (e) {
+    recordingsDenied = e.status === 401 || e.status === 403;
+    $("recordings-state").textContent = recordingsDenied ? "needs a token" : "unavailable";
+  }
+  showRecordButton();
+}
+
+async function toggleRecord() {
+  const source = $("source").value;
+  if (!source || recordBusy) return;
+  const path = `/api/sources/${encodeURIComponent(source)}/record`;
+  const stopping = recordingSince[source] !== undefined;
+  recordBusy = true;
+  showRecordButton();
+  try {
+    if (stopping) {
+      await api(path, { method: "DELETE" });
+      delete recordingSince[source];
+    } else {
+      const started = await api(path, { method: "POST" });
+      recordingSince[source] = Date.parse(started.started_at);
+    }
+    showError("");
+  } catch (e) {
+    showError(e.message); // 401/403 (the token, its scope), 409 already recording, 404 not recording
+  } finally {
+    recordBusy = false;
+    await loadRecordings(); // also sets the button to what the server says
+  }
+}
+
+$("record").addEventListener("click", toggleRecord);
+$("source").addEventListener("change", showRecordButton);
+$("playback").addEventListener("error", () => {
+  const error = $("playback").error;
+  if (error && $("playback").getAttribute("src")) showError("Cannot play the recording: " + (error.message || "code " + error.code));
+});
+setInterval(() => {
+  if (document.visibilityState === "visible" && !recordingsDenied) loadRecordings();
+}, RECORDINGS_EVERY_MS);
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible" && !recordingsDenied) loadRecordings();
+});
+
 $("connect").addEventListener("click", async () => {
   vg.reconnects = 0;
   retryDelay = 1000;
@@ -326,6 +457,7 @@ $("connect").addEventListener("click", async () => {
     await loadChoices(); // they failed before (no token yet at page load): the source list is empty
   }
   loadEvents();
+  loadRecordings();
   connect();
 });
 $("disconnect").addEventListener("click", () => { stop(); setStatus("idle"); });
@@ -340,3 +472,4 @@ if (storedToken()) {
 }
 loadChoices();
 loadEvents();
+loadRecordings();
