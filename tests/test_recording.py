@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, free_port, running_server, vtest_frames
+from marked_frames import MarkedCamera, read_mark
 from recording import RecordingStore, probe
 from rtc_client import EncodedLog, connect
 from test_run import base_env, wait_http
@@ -195,6 +196,26 @@ async def test_encode_once_a_session_recording_holds_the_bytes_its_h264_viewer_g
     both = [(ts, h) for ts, h in got if (ts - offset) % 2**32 in recorded]
     assert len(both) >= 60, len(both)
     assert all(recorded[(ts - offset) % 2**32] == h for ts, h in both), "same pts, same bytes"
+
+
+async def test_a_camera_mode_session_records_its_own_camera_processed(tmp_path):
+    async with running_server(RECORDINGS_DIR=tmp_path) as (url, svc):
+        camera = MarkedCamera()
+        viewer = await connect(url, send_track=camera)
+        await viewer.receive(10)
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            r = await http.post(f"/api/record/{viewer.session_id}")
+            assert r.status_code == 201, r.text
+            rid = r.json()["recording_id"]
+            await viewer.receive(45)
+            r = await http.delete(f"/api/record/{viewer.session_id}")
+            assert r.status_code == 200 and r.json()["state"] == "done", r.text
+            assert (await one(http, rid))["trigger"] == "session"
+        await viewer.close()
+    with av.open(str(tmp_path / f"{rid}.mp4")) as c:
+        marks = [read_mark(f.to_ndarray(format="bgr24")) for f in c.decode(video=0)]
+    found = [m for m in marks if m is not None]
+    assert len(found) >= 20 and set(found) <= set(camera.sent), (len(marks), found[:5])  # the client's own frames
 
 
 async def test_retention_deletes_the_oldest_finished_and_never_the_current(tmp_path, monkeypatch):
