@@ -36,21 +36,10 @@ from fastapi import FastAPI
 from uvicorn.protocols.http import h11_impl
 
 from compat.checks import check_internals
-from compat.uvicorn import PINNED, GuardedConnection
+from compat.uvicorn import PINNED, GuardedConnection, http_implementations
 
 ABORT = "visionguard.abort"
 CLOSING = "visionguard.closing"
-
-
-def _cycle_classes() -> tuple:
-    classes = [h11_impl.RequestResponseCycle]
-    try:
-        from uvicorn.protocols.http import httptools_impl
-    except ImportError:  # httptools is not installed: uvicorn uses h11
-        pass
-    else:
-        classes.append(httptools_impl.RequestResponseCycle)
-    return tuple(classes)
 
 
 class ConnectionExtensions:
@@ -58,7 +47,7 @@ class ConnectionExtensions:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.cycles = _cycle_classes()
+        self.cycles = tuple(cycle for _, cycle in http_implementations())
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
@@ -89,21 +78,10 @@ def _mark_shutdown(protocol_class: Any) -> None:
     protocol_class.shutdown = shutdown
 
 
-def _protocol_classes() -> list:
-    classes = [h11_impl.H11Protocol]
-    try:
-        from uvicorn.protocols.http import httptools_impl
-    except ImportError:
-        pass
-    else:
-        classes.append(httptools_impl.HttpToolsProtocol)
-    return classes
-
-
 def install(app: FastAPI) -> None:
     """Wrap the middleware stack the app will build on its first request (and, once per
     process, the protocols' `shutdown`)."""
-    for protocol_class in _protocol_classes():
+    for protocol_class, _ in http_implementations():
         _mark_shutdown(protocol_class)
     build = app.build_middleware_stack
     app.build_middleware_stack = lambda: ConnectionExtensions(build())  # type: ignore[method-assign]

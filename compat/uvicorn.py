@@ -256,15 +256,20 @@ def _uvicorn_config() -> Any:
     return getattr(coro.cr_frame.f_locals.get("self"), "config", None)
 
 
-def _supported(protocol_class: Any) -> bool:
-    classes = [h11_impl.H11Protocol]
+def http_implementations() -> list[tuple[type, type]]:
+    """(protocol class, request-cycle class) of each HTTP implementation uvicorn may use here:
+    h11, and httptools when it is installed."""
+    found: list[tuple[type, type]] = [(h11_impl.H11Protocol, h11_impl.RequestResponseCycle)]
     try:
         from uvicorn.protocols.http import httptools_impl
     except ImportError:  # httptools is not installed: uvicorn uses h11
-        pass
-    else:
-        classes.append(httptools_impl.HttpToolsProtocol)
-    return inspect.isclass(protocol_class) and issubclass(protocol_class, tuple(classes))
+        return found
+    return found + [(httptools_impl.HttpToolsProtocol, httptools_impl.RequestResponseCycle)]
+
+
+def _supported(protocol_class: Any) -> bool:
+    classes = tuple(protocol for protocol, _ in http_implementations())
+    return inspect.isclass(protocol_class) and issubclass(protocol_class, classes)
 
 
 class Installed:

@@ -173,6 +173,27 @@ def vtest_frames(path: Path, n: int, size=(640, 480)):
     return out
 
 
+def people_and_blank(vtest: Path, out: Path, parts: list[tuple[str, float]], fps: int = 10) -> Path:
+    """A video file of vtest.avi's own size made of `parts`: ("people", seconds) of vtest.avi
+    (from its start) and ("blank", seconds) of black frames, in order (a file source loops)."""
+    import av
+    import numpy as np
+
+    people = vtest_frames(vtest, int(sum(s for kind, s in parts if kind == "people") * fps), size=(768, 576))
+    with av.open(str(out), "w") as dst:
+        stream = dst.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 768, 576, "yuv420p"
+        stream.bit_rate = 2_000_000
+        for kind, seconds in parts:
+            for _ in range(int(seconds * fps)):
+                img = people.pop(0) if kind == "people" else np.zeros((576, 768, 3), np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                    dst.mux(packet)
+        for packet in stream.encode():
+            dst.mux(packet)
+    return out
+
+
 class RtspServer:
     """GStreamer's RTSP server in a child process (tests/rtsp_server.py), killable and restartable."""
 

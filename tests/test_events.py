@@ -11,7 +11,6 @@ import json
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import httpx
@@ -20,11 +19,12 @@ import pytest
 import pytest_asyncio
 
 from api.tokens import mint_token
-from conftest import running_server
+from conftest import people_and_blank, running_server
 from detectors.base import Detection
 from events import EventStore, VisitTracker
 from rtc_client import connect
 from sse_client import SseClient
+from test_connections import closed_by_server
 from test_metrics import parse, value
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")  # the tests that share `server`
@@ -178,34 +178,12 @@ async def test_one_pipeline_per_source_is_followed_and_cameras_and_offer_files_n
 
 
 # -- one server for the rest of the module ------------------------------------------------------
-def cut_file(vtest: Path, out: Path, people_s: float = 3.0, blank_s: float = 4.0, fps: int = 10) -> Path:
-    """`people_s` of vtest.avi, then `blank_s` of black frames (the file loops when it ends)."""
-    import av
-
-    with av.open(str(vtest)) as src, av.open(str(out), "w") as dst:
-        stream = dst.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 768, 576, "yuv420p"
-        stream.bit_rate = 2_000_000
-        frames = []
-        for frame in src.decode(video=0):
-            frames.append(frame.to_ndarray(format="bgr24"))
-            if len(frames) == int(people_s * fps):
-                break
-        frames += [np.zeros((576, 768, 3), np.uint8)] * int(blank_s * fps)
-        for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
-                dst.mux(packet)
-        for packet in stream.encode():
-            dst.mux(packet)
-    return out
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server(vtest, tmp_path_factory):
     root = tmp_path_factory.mktemp("events")
     media = root / "media"
     media.mkdir()
-    cut_file(vtest, media / "leave.avi")
+    people_and_blank(vtest, media / "leave.avi", [("people", 3.0), ("blank", 4.0)])
     sources = {"people": {"url": str(vtest), "model": "person"},
                "empty": {"url": "synthetic", "model": "person", "always_on": True},
                "leave": {"url": "leave.avi", "model": "person"}}
@@ -322,18 +300,6 @@ def _raw_stream_socket(url: str) -> socket.socket:
     return sock
 
 
-def _read_until_closed(sock: socket.socket, timeout: float) -> str:
-    sock.settimeout(timeout)
-    try:
-        while sock.recv(65536):
-            pass
-        return "eof"
-    except ConnectionResetError:
-        return "reset"
-    except socket.timeout:
-        return "open"
-
-
 @on_module_loop
 async def test_a_client_that_never_reads_is_cut_off_and_counted(server, capfd):
     url, svc, _ = server
@@ -355,7 +321,7 @@ async def test_a_client_that_never_reads_is_cut_off_and_counted(server, capfd):
             with capfd.disabled():
                 print(f"\nthe non-reading client was cut off after {n} events (SSE_CLIENT_BUFFER={BUFFER})")
             assert svc.events.overflows == 1
-            assert await asyncio.to_thread(_read_until_closed, sock, 10) in ("reset", "eof")
+            assert await asyncio.to_thread(closed_by_server, sock, 10)  # EOF or reset
             assert await overflow_count() == before + 1
             # the other stream (it reads) is unaffected and gets the next event
             nxt = await svc.events.emit("flood", "person_gone", 1)

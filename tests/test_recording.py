@@ -163,20 +163,29 @@ def frame_hash(units: tuple[bytes, ...]) -> str:
     return hashlib.sha1(b"|".join(units)).hexdigest()
 
 
+async def record_session(http: httpx.AsyncClient, viewer, frames: int, while_recording=None) -> tuple[str, dict]:
+    """Record `viewer`'s session while it receives `frames`; (recording id, the stop answer)."""
+    r = await http.post(f"/api/record/{viewer.session_id}")
+    assert r.status_code == 201, r.text
+    await viewer.receive(frames)
+    if while_recording is not None:
+        await while_recording()
+    stopped = await http.delete(f"/api/record/{viewer.session_id}")
+    assert stopped.status_code == 200, stopped.text
+    return r.json()["recording_id"], stopped.json()
+
+
 async def test_encode_once_a_session_recording_holds_the_bytes_its_h264_viewer_got(monkeypatch, tmp_path):
     log = EncodedLog().install(monkeypatch)
     async with running_server(RECORDINGS_DIR=tmp_path) as (url, svc):
         viewer = await connect(url, codec="h264")
         await viewer.receive(10)
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            r = await http.post(f"/api/record/{viewer.session_id}")
-            assert r.status_code == 201, r.text
-            rid = r.json()["recording_id"]
-            await viewer.receive(100)
-            (pipe,) = (await http.get("/info")).json()["pipelines"]["pipelines"]
-            assert [e["codec"] for e in pipe["encoders"]] == ["h264"], pipe["encoders"]  # one encode for both
-            r = await http.delete(f"/api/record/{viewer.session_id}")
-            assert r.status_code == 200 and r.json()["recording_id"] == rid
+            async def encoders() -> None:
+                (pipe,) = (await http.get("/info")).json()["pipelines"]["pipelines"]
+                assert [e["codec"] for e in pipe["encoders"]] == ["h264"], pipe["encoders"]  # one encode for both
+            rid, stopped = await record_session(http, viewer, 100, while_recording=encoders)
+            assert stopped["recording_id"] == rid
             assert (await one(http, rid))["trigger"] == "session"
             received = log.of(viewer)
             # a recording of a session ends with the session
@@ -204,12 +213,8 @@ async def test_a_camera_mode_session_records_its_own_camera_processed(tmp_path):
         viewer = await connect(url, send_track=camera)
         await viewer.receive(10)
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            r = await http.post(f"/api/record/{viewer.session_id}")
-            assert r.status_code == 201, r.text
-            rid = r.json()["recording_id"]
-            await viewer.receive(45)
-            r = await http.delete(f"/api/record/{viewer.session_id}")
-            assert r.status_code == 200 and r.json()["state"] == "done", r.text
+            rid, stopped = await record_session(http, viewer, 45)
+            assert stopped["state"] == "done", stopped
             assert (await one(http, rid))["trigger"] == "session"
         await viewer.close()
     with av.open(str(tmp_path / f"{rid}.mp4")) as c:

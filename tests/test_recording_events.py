@@ -4,13 +4,11 @@ events carry its id. Also the pre-roll ring on its own."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import av
 import httpx
-import numpy as np
 
-from conftest import running_server
+from conftest import people_and_blank, running_server
 from pipeline.encoders import EncodedFrame
 from recording import PreRoll, probe
 from sse_client import SseClient
@@ -20,29 +18,10 @@ from test_webrtc import wait_until
 PRE_S, POST_S, HOLD_S, KEYFRAME_S = 2.0, 1.0, 1.0, 1.0
 
 
-def blank_then_people(vtest: Path, out: Path, blank_s: float = 3.0, people_s: float = 3.0, fps: int = 10) -> Path:
-    """`blank_s` of black frames, then `people_s` of vtest.avi (the file loops when it ends)."""
-    with av.open(str(vtest)) as src, av.open(str(out), "w") as dst:
-        stream = dst.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 768, 576, "yuv420p"
-        stream.bit_rate = 2_000_000
-        frames = [np.zeros((576, 768, 3), np.uint8)] * int(blank_s * fps)
-        for frame in src.decode(video=0):
-            frames.append(frame.to_ndarray(format="bgr24"))
-            if len(frames) == int((blank_s + people_s) * fps):
-                break
-        for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
-                dst.mux(packet)
-        for packet in stream.encode():
-            dst.mux(packet)
-    return out
-
-
 async def test_a_visit_is_recorded_from_before_it_began_until_after_it_ended(vtest, tmp_path):
     media = tmp_path / "media"
     media.mkdir()
-    blank_then_people(vtest, media / "door.avi")
+    people_and_blank(vtest, media / "door.avi", [("blank", 3.0), ("people", 3.0)])
     sources = {"door": {"url": "door.avi", "model": "person", "always_on": True}}
     async with running_server(MEDIA_DIR=media, SOURCES=sources, RECORD_EVENTS=True, RECORD_PRE_S=PRE_S,
                               RECORD_POST_S=POST_S, EVENT_HOLD_S=HOLD_S, KEYFRAME_INTERVAL=KEYFRAME_S,
