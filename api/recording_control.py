@@ -149,9 +149,11 @@ class RecordingControl:
             timer = self._post.pop(source, None)
             if timer is not None:
                 timer.cancel()  # a new visit within the post-roll: the same recording goes on
-            if job is not None and not job.recorder.ended.is_set():
+            if job is not None and not job.recorder.ended.is_set() and job.pipeline is pipeline:
                 return job.recorder.info().recording_id
-            if key in self.jobs:  # being started, or ended on its own: not this time
+            if job is not None:  # it ended on its own, or its pipeline stopped and another began
+                await self._stop(key)
+            if key in self.jobs:  # being started: not this time
                 return None
             preroll = self.prerolls.get(id(pipeline))
 

@@ -26,7 +26,7 @@ from recording import RecordingInfo, valid_id
 router = APIRouter(prefix="/api", tags=["recordings"])
 
 CHUNK = 256 * 1024
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes\s*=\s*(\d{0,18})\s*-\s*(\d{0,18})$", re.IGNORECASE)  # one range; longer: ignored
 EXAMPLE_ID = "3f2c9a7e5b1d4c8e9f0a1b2c3d4e5f60"
 EXAMPLE_STARTED = "2025-06-01T12:00:00.120000Z"
 
@@ -151,15 +151,17 @@ async def stop_source(name: str, services: ServicesDep, caller: AdminDep) -> Rec
              responses=error_responses({**AUTH_ERRORS, 404: "Unknown session, or another subject's without `admin`",
                                         409: "Already recording (code `already_recording`)",
                                         503: "RECORDINGS_DIR cannot be written (code `recordings_unavailable`)"}))
-async def start_session(session_id: str, services: ServicesDep, caller: ViewerDep) -> RecordingStarted:
-    """Record the video this session receives (in camera mode: its own camera, processed). Its
-    owner (`view`) or `admin` may; the recording ends when the session ends."""
+async def start_session(session_id: str, services: ServicesDep, caller: AdminDep) -> RecordingStarted:
+    """Record the video this session receives (in camera mode: its own camera, processed); the
+    recording ends when the session ends. Starting and stopping recordings needs `admin` (a
+    recording takes disk that retention may free by deleting others' recordings). The recording
+    is listed to the session's owner and to `admin`."""
     return _started(await services.recordings.start_session(_own_session(services, session_id, caller)))
 
 
 @router.delete("/record/{session_id}", response_model=RecordingStopped, summary="Stop recording a session",
                responses=error_responses({**AUTH_ERRORS, 404: f"Unknown session, or {NOT_RECORDING}"}))
-async def stop_session(session_id: str, services: ServicesDep, caller: ViewerDep) -> RecordingStopped:
+async def stop_session(session_id: str, services: ServicesDep, caller: AdminDep) -> RecordingStopped:
     _own_session(services, session_id, caller)
     info = await services.recordings.stop_session(session_id)
     if info is None:

@@ -105,6 +105,9 @@ class Recorder:
         if self._after_pts is not None:
             if frame.pts <= self._after_pts:
                 return  # already in the pre-roll
+            if frame.pts - self._after_pts > 1.5 * VIDEO_CLOCK_RATE / self.pipeline.fps and not frame.keyframe:
+                self._skipping = True  # a tick went by between the pre-roll and the tap: wait for a keyframe
+                self.pipeline.request_keyframe(CODEC)
             self._after_pts = None
         if self._skipping and not frame.keyframe:
             self._drop()

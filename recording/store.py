@@ -39,7 +39,7 @@ def valid_id(recording_id: str) -> bool:
 class RecordingInfo:
     recording_id: str
     source: str
-    trigger: str  # manual | session | continuous (| event, later)
+    trigger: str  # manual | session | continuous | event
     started_at: float  # Unix seconds
     ended_at: Optional[float] = None
     duration_s: float = 0.0
@@ -53,6 +53,26 @@ class RecordingInfo:
 
     def copy(self) -> "RecordingInfo":
         return replace(self)
+
+
+STATES = ("recording", "done", "failed")
+TRIGGERS = ("manual", "session", "continuous", "event")
+_NUMBERS = ("duration_s", "bytes", "frames", "dropped_frames")
+
+
+def _parse(raw: object, recording_id: str) -> RecordingInfo:
+    """A sidecar's JSON as a RecordingInfo, or ValueError if any field is not what it should be."""
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    fields = {k: v for k, v in raw.items() if k in RecordingInfo.__dataclass_fields__}
+    info = RecordingInfo(**{**fields, "recording_id": recording_id})
+    numbers_ok = all(isinstance(getattr(info, n), (int, float)) and not isinstance(getattr(info, n), bool)
+                     for n in ("started_at", *_NUMBERS))
+    if (not numbers_ok or not isinstance(info.source, str) or info.state not in STATES
+            or info.trigger not in TRIGGERS or not isinstance(info.ended_at, (int, float, type(None)))
+            or not all(isinstance(v, (str, type(None))) for v in (info.error, info.owner, info.model))):
+        raise ValueError("a field has the wrong type or value")
+    return info
 
 
 class RecordingStore:
@@ -72,6 +92,7 @@ class RecordingStore:
         return self.dir / f"{recording_id}.json"
 
     # -- start-up (blocking) ----------------------------------------------------------
+    # (sidecars are checked field by field by `_parse`: a hand-edited or half-written one is skipped)
     def load(self) -> int:
         """Read every sidecar in the folder; finish the ones a crash left
         `recording`. Returns how many recordings there are (the folder is made by the first one)."""
@@ -82,14 +103,12 @@ class RecordingStore:
             if not valid_id(sidecar.stem):
                 continue
             try:
-                raw = json.loads(sidecar.read_text())
-                info = RecordingInfo(**{k: v for k, v in raw.items() if k in RecordingInfo.__dataclass_fields__})
-                info.recording_id = sidecar.stem
-            except (OSError, ValueError, TypeError) as exc:
+                info = _parse(json.loads(sidecar.read_text()), sidecar.stem)
+                if info.state == "recording":
+                    self._recover(info)
+            except Exception as exc:  # one odd file never stops the start-up nor breaks the list
                 log.warning("recordings: skipping unreadable sidecar %s (%s)", sidecar.name, exc)
                 continue
-            if info.state == "recording":
-                self._recover(info)
             found[info.recording_id] = info
         with self._lock:
             self._items.update(found)
@@ -116,7 +135,11 @@ class RecordingStore:
         """A new recording in state `recording`, its sidecar written (raises OSError if it can't be)."""
         info = RecordingInfo(uuid.uuid4().hex, source, trigger, started_at or time.time(), owner=owner, model=model)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.save(info)
+        try:
+            self.save(info)
+        except OSError:  # a full disk: leave no empty sidecar behind
+            self._sidecar(info.recording_id).unlink(missing_ok=True)
+            raise
         with self._lock:
             self._items[info.recording_id] = info
         return info

@@ -397,7 +397,9 @@ async function loadRecordings() {
     vg.recordingsLoads += 1;
     for (const key of Object.keys(recordingSince)) delete recordingSince[key];
     for (const r of body.recordings) { // the newest first: keep each source's newest in progress
-      if (r.state === "recording" && r.trigger !== "session" && !(r.source in recordingSince)) {
+      // the Record button stands for the source routes: manual and continuous recordings
+      const bySource = r.trigger === "manual" || r.trigger === "continuous";
+      if (r.state === "recording" && bySource && !(r.source in recordingSince)) {
         recordingSince[r.source] = Date.parse(r.started_at);
       }
     }

@@ -82,6 +82,13 @@ async def test_a_recording_of_vtest_plays_at_real_speed_with_the_overlay_and_ser
             r = await http.get(f"/api/recordings/{rid}", headers={"Range": f"bytes={len(data)}-"})
             assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{len(data)}"
             assert r.json()["code"] == "range_not_satisfiable"
+            r = await http.get(f"/api/recordings/{rid}", headers={"Range": "BYTES = 1000 - 1999"})  # RFC 9110
+            assert r.status_code == 206 and r.content == data[1000:2000]
+            r = await http.get(f"/api/recordings/{rid}", headers={"Range": "bytes=-0"})
+            assert r.status_code == 416
+            for ignored in ("bytes=" + "9" * 5000 + "-", "bytes=5-2", "bytes=0-0,5-9", "pages=0-9"):
+                r = await http.get(f"/api/recordings/{rid}", headers={"Range": ignored})
+                assert r.status_code == 200 and len(r.content) == len(data), ignored[:20]
             r = await http.get(f"/api/recordings/{rid}")
             assert r.status_code == 200 and r.content == data and r.headers["accept-ranges"] == "bytes"
 
@@ -94,6 +101,11 @@ async def test_a_recording_of_vtest_plays_at_real_speed_with_the_overlay_and_ser
     assert abs(duration - 6.0) <= 1.0 and abs(duration - wall) <= 1.0, (duration, wall)
     assert abs(duration - stopped["duration_s"]) < 0.01
     assert frames >= 0.85 * duration * fps and frames <= duration * fps + 1, (frames, duration)
+    with av.open(str(path)) as c:
+        packets = [p for p in c.demux(video=0) if p.size]
+        assert all(p.dts == p.pts for p in packets), "dts = pts (no B-frames)"
+        assert packets[0].is_keyframe and any(p.is_keyframe for p in packets[1:])  # flags kept
+        assert all(b.pts > a.pts for a, b in zip(packets, packets[1:]))
     with av.open(str(path)) as c:
         images = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
     assert len(images) == frames and images[0].shape == (480, 640, 3)
