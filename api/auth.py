@@ -75,7 +75,7 @@ def media_requires(scope: str):
         if services.tokens is not None and "sig" in query:
             if services.signer.verify(request.method, request.url.path, query.get("exp", ""), query.get("sub", ""),
                                       query.get("sig", ""), scope):
-                return Principal(query["sub"], frozenset({scope}))
+                return Principal(query["sub"], frozenset({scope}), float(query["exp"]))
             raise _unauthorized("The signed URL is not valid for this path, or it has expired.")
         return _require(await principal(request, credentials), scope)
 

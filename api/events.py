@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Annotated, AsyncIterator, Callable, Literal, Optional
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -99,7 +100,8 @@ def _sse(event: dict) -> str:
 
 
 async def _stream(service: EventService, source: Optional[str], resume: Optional[int], extensions: dict,
-                  render: Callable[[dict], dict], keepalive_s: float) -> AsyncIterator[str]:
+                  render: Callable[[dict], dict], keepalive_s: float,
+                  expires: Optional[float] = None) -> AsyncIterator[str]:
     # runs once the headers are sent: a response that never starts leaves no subscriber behind
     sub = service.subscribe(source, extensions.get(ABORT))  # before reading the backlog: no gap
     reset = resume is not None and resume >= service.store.next_id  # ids began again (no EVENTS_FILE)
@@ -117,7 +119,8 @@ async def _stream(service: EventService, source: Optional[str], resume: Optional
             yield _sse(render(event))
             last_id = event["id"]
         quiet = 0.0
-        while not sub.closed and not closing():
+        # the credential's expiry ends the stream: EventSource comes back and is asked again
+        while not sub.closed and not closing() and (expires is None or time.time() < expires):
             if getter is None:
                 getter = asyncio.ensure_future(sub.queue.get())
             wait = min(CLOSING_POLL_S, keepalive_s - quiet)
@@ -168,11 +171,11 @@ async def stream_events(request: Request, services: ServicesDep, caller: MediaVi
     """New events as they happen. With `Last-Event-ID` (header or `last_event_id`), every kept
     event after that id comes first, oldest first, then the live ones: nothing lost, nothing
     twice. A client more than SSE_CLIENT_BUFFER events behind is disconnected (it resumes with
-    Last-Event-ID). Takes a bearer token or the signed `stream_url` (for `EventSource`)."""
+    Last-Event-ID). The stream ends when the token or signed URL it was opened with expires. Takes a bearer token or the signed `stream_url` (for `EventSource`)."""
     resume = _last_id(last_event_id_header, last_event_id)
     subject = caller.subject
     body = _stream(_events(services), source, resume, request.scope.get("extensions") or {},
-                   lambda e: public_event(services, e, subject), services.settings.SSE_KEEPALIVE_S)
+                   lambda e: public_event(services, e, subject), services.settings.SSE_KEEPALIVE_S, caller.expires)
     return StreamingResponse(body, media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

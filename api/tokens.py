@@ -30,6 +30,9 @@ SCOPES = ("view", "admin", "metrics")
 class Principal:
     subject: str
     scopes: frozenset[str]
+    #: Unix seconds after which its credential (token or signed URL) is no longer good; None: never
+    #: (AUTH_MODE=off). A long answer (the event stream) ends then.
+    expires: Optional[float] = None
 
     def can(self, scope: str) -> bool:
         """`admin` may do everything."""
@@ -119,7 +122,7 @@ class TokenVerifier:
             raise TokenError("The token's subject (sub) must be a string of 1 to 128 characters.")
         scope = claims.get("scope", "")
         scopes = frozenset(scope.split()[:16]) if isinstance(scope, str) else frozenset()
-        return Principal(sub, scopes & frozenset(SCOPES))
+        return Principal(sub, scopes & frozenset(SCOPES), float(claims["exp"]) + self.leeway)
 
 
 class UrlSigner:

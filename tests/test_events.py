@@ -378,7 +378,8 @@ def bearer(scope: str = "view", sub: str = "alice") -> dict:
 
 
 async def test_events_need_view_and_media_take_signed_urls(tmp_path):
-    async with running_server(AUTH_MODE="jwt", JWT_SECRET=SECRET, EVENTS_FILE=tmp_path / "ev.jsonl") as (url, svc):
+    async with running_server(AUTH_MODE="jwt", JWT_SECRET=SECRET, EVENTS_FILE=tmp_path / "ev.jsonl",
+                              JWT_LEEWAY_S=0) as (url, svc):
         made = await svc.events.emit("lobby", "person_seen", 1, np.zeros((480, 640, 3), np.uint8))
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             assert (await http.get("/api/events")).status_code == 401
@@ -401,6 +402,11 @@ async def test_events_need_view_and_media_take_signed_urls(tmp_path):
             assert sse.status == 200
             assert await sse.wait_for(lambda ev: len(ev) >= 1, 15)
             assert sse.events[0]["id"] == made["id"] and "sig=" in sse.events[0]["data"]["snapshot_url"]
+        # an open stream ends when its credential expires (EventSource then comes back and is asked again)
+        short = mint_token(SECRET, "alice", "view", 3)
+        async with SseClient(url, "/api/events/stream", headers={"Authorization": f"Bearer {short}"}) as sse:
+            assert sse.status == 200 and not sse.ended
+            assert await wait_until(lambda: sse.ended, 3 + svc.settings.JWT_LEEWAY_S + 10)
 
 
 @pytest.mark.parametrize("http", ["h11", "httptools"])
