@@ -32,7 +32,7 @@ from typing import Any, Optional, Sequence
 from core.metrics import NOOP
 from pipeline.encoders import EncodedFrame
 from pipeline.frames import VIDEO_CLOCK_RATE, OutFrame
-from recording.mp4 import Mp4File, describe
+from recording.mp4 import Mp4File, describe, probe
 from recording.store import RecordingInfo, RecordingStore
 
 log = logging.getLogger("visionguard.recordings")
@@ -194,6 +194,12 @@ class Recorder:
             self._update(info, file)
             if error and info.state != "failed":
                 info.state, info.error = "failed", f"Cannot write the recording: {error}"
+            if info.state == "failed":  # the last fragment may not have reached the disk: list what plays
+                try:
+                    duration, info.frames = probe(self.store.video_path(info.recording_id))
+                    info.duration_s = round(duration, 3)
+                except Exception:  # nothing complete was written
+                    info.duration_s, info.frames = 0.0, 0
         if info.state == "recording":
             if info.frames:
                 info.state = "done"

@@ -286,7 +286,7 @@ def tiny_disk(path: Path, size: str = "512k"):
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-async def disk_full_scenario(url: str, errors: tuple[str, ...]) -> None:
+async def disk_full_scenario(url: str, errors: tuple[str, ...], folder: Path) -> None:
     viewer = await connect(url)
     await viewer.receive(5)
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
@@ -300,6 +300,11 @@ async def disk_full_scenario(url: str, errors: tuple[str, ...]) -> None:
         listed = await one(http, rid)
         assert any(e in listed["error"] for e in errors), listed["error"]
         assert listed["error"].startswith("Cannot write the recording: ")
+        try:  # what is listed is what the kept file plays (its last fragment may be cut)
+            plays = probe(folder / f"{rid}.mp4")
+        except Exception:
+            plays = (0.0, 0)
+        assert (listed["duration_s"], listed["frames"]) == (round(plays[0], 3), plays[1]), (listed, plays)
         await viewer.receive(20, timeout=20)  # the stream goes on
         assert (await http.get("/health")).status_code == 200
         r = await http.delete("/api/sources/default/record")  # it has ended (or is being cleaned up)
@@ -313,7 +318,7 @@ async def test_a_full_disk_fails_the_recording_and_the_stream_goes_on(vtest, tmp
     with tiny_disk(tmp_path / "disk") as mounted:
         if mounted:
             async with running_server(RECORDINGS_DIR=tmp_path / "disk", **settings) as (url, svc):
-                await disk_full_scenario(url, ("No space left on device",))
+                await disk_full_scenario(url, ("No space left on device",), tmp_path / "disk")
             return
         # no mount allowed: a server process whose files may not grow past 512 KiB (EFBIG)
         port = free_port()
@@ -327,7 +332,8 @@ async def test_a_full_disk_fails_the_recording_and_the_stream_goes_on(vtest, tmp
                                 stderr=subprocess.STDOUT, text=True, preexec_fn=limit)
         try:
             wait_http(f"http://127.0.0.1:{port}/health", proc)
-            await disk_full_scenario(f"http://127.0.0.1:{port}", ("File too large", "No space left on device"))
+            await disk_full_scenario(f"http://127.0.0.1:{port}", ("File too large", "No space left on device"),
+                                     tmp_path / "disk")
         finally:
             proc.terminate()
             proc.communicate(timeout=30)
