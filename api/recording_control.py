@@ -57,6 +57,7 @@ class RecordingControl:
         self.max_age_s = settings.RECORDINGS_MAX_AGE_H * 3600
         self.max_bytes = settings.RECORDINGS_MAX_BYTES
         self.jobs: dict[Key, Optional[Job]] = {}  # None: being started
+        self._starting: dict[Key, asyncio.Event] = {}  # set once that start has succeeded or failed
         self._paused: set[str] = set()  # continuous sources an admin stopped
         self._retry_at: dict[str, float] = {}
         self._task: Optional[asyncio.Task] = None
@@ -186,6 +187,7 @@ class RecordingControl:
         if key in self.jobs:
             raise ApiError(409, f"{key[0].capitalize()} {key[1][:64]} is already being recorded.", "already_recording")
         self.jobs[key] = None  # taken while the pipeline starts
+        started = self._starting[key] = asyncio.Event()
         pipeline, acquired = None, False
         try:
             pipeline, acquired = await acquire()
@@ -194,6 +196,7 @@ class RecordingControl:
                                 model=pipeline.model, bytes_counter=metrics.recording_bytes.labels(label),
                                 dropped_counter=metrics.recording_dropped.labels(label), preroll=preroll)
             info = await asyncio.to_thread(recorder.start)
+            self.jobs[key] = Job(recorder, pipeline, acquired, session_id)
         except BaseException as exc:
             self.jobs.pop(key, None)
             if acquired:
@@ -202,11 +205,15 @@ class RecordingControl:
                 raise ApiError(503, f"Cannot write to RECORDINGS_DIR: {exc.strerror or exc}.",
                                "recordings_unavailable") from None
             raise
-        self.jobs[key] = Job(recorder, pipeline, acquired, session_id)
+        finally:
+            del self._starting[key]
+            started.set()
         log.info("recording %s started (%s, %s)", info.recording_id, source, trigger)
         return info
 
     async def _stop(self, key: Key) -> Optional[RecordingInfo]:
+        if key in self._starting:  # a stop that overtakes its start waits for it, then stops it
+            await self._starting[key].wait()
         job = self.jobs.get(key)
         if job is None:
             return None

@@ -3,6 +3,7 @@ the file still decodes), segments, the sidecar store (crash recovery, retention)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -278,7 +279,6 @@ class Stalling:
 
 async def test_a_recording_plays_at_real_speed_across_a_stalled_source(tmp_path):
     """The clock repeats the last frame while the source is silent: the file keeps wall time."""
-    import asyncio
 
     from detectors import ModelRegistry
     from hub import PipelineHub
@@ -305,3 +305,13 @@ async def test_a_recording_plays_at_real_speed_across_a_stalled_source(tmp_path)
     duration, frames = probe(tmp_path / f"{info.recording_id}.mp4")
     assert info.state == "done" and abs(duration - wall) <= 0.75, (duration, wall)
     assert frames >= 0.8 * duration * 15, (frames, duration)  # the stall was filled, not skipped
+
+
+async def test_a_stop_that_overtakes_its_start_stops_that_recording(tmp_path):
+    from conftest import running_server
+
+    async with running_server(RECORDINGS_DIR=tmp_path, SOURCES={"cam": "synthetic"}) as (url, svc):
+        control = svc.recordings
+        started, stopped = await asyncio.gather(control.start_source("cam"), control.stop_source("cam"))
+        assert stopped is not None and stopped.recording_id == started.recording_id
+        assert control.jobs == {} and not svc.hub.pipelines_for("cam")  # nothing left running
