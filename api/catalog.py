@@ -51,7 +51,8 @@ class ModelsResponse(BaseModel):
 @router.get("/models", response_model=ModelsResponse, summary="The models and their state",
             responses=error_responses(AUTH_ERRORS))
 async def list_models(services: ServicesDep, caller: ViewerDep) -> ModelsResponse:
-    """Every model by name: `ready` (loaded), `error` (failed to load, with why) or
+    """Every model by name: `ready` (loaded), `error` (failed to load, or cannot: `yolo` without
+    MODEL_PATH says `needs MODEL_PATH`; `error` says why) or
     `not_loaded` (loads on first use), and its mean inference time. `default` is the model
     used when an offer names none (`none` if DEFAULT_MODEL failed to load)."""
     return ModelsResponse(default=services.default_model, models=services.models.info())

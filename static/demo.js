@@ -12,7 +12,7 @@ const $ = (id) => document.getElementById(id);
 const GATHER_CAP_MS = 2000;
 const TOKEN_KEY = "visionguard.token";
 const SOURCES_EVERY_MS = 2500; // while connected: the watched source's health, the menu's states
-const SOURCES_IDLE_MS = 10000; // otherwise: the menu's states
+const SOURCES_IDLE_MS = 5000; // otherwise: the menu's states
 const FULL_RETRY_S = 5; // a full server that sends no Retry-After
 const vg = (window.vg = { status: "idle", statusText: "idle", frameId: null, messages: 0, reconnects: 0,
   sessionId: null, watching: null, source: null, retryIn: null, sources: [], models: [], peer: () => pc });
@@ -26,6 +26,7 @@ let retryMessage = "", retryVerb = "";
 let statsTimer = null;
 let sourcesTimer = null;
 let choicesLoaded = false;
+let attempts = 0; // each connect() is one: an older one that fails late changes nothing
 let sessionToken = ""; // the token the current session was opened with: its DELETE must name the same subject
 
 // The pill: `state` (idle, connecting, connected, reconnecting, unavailable, error) picks its colour
@@ -318,6 +319,7 @@ async function viewerCount() {
 }
 
 async function connect() {
+  const attempt = ++attempts;
   clearTimeout(retryTimer);
   if (countdownTimer) {
     stopCountdown();
@@ -379,7 +381,7 @@ async function connect() {
     clearInterval(statsTimer);
     statsTimer = setInterval(() => updateStats(peer), 1000);
   } catch (e) {
-    if (!wanted) return;
+    if (!wanted || attempt !== attempts) return; // disconnected, or a newer attempt runs
     // A 4xx (bad choice, model failed) or a denied camera will not get better by retrying: stop
     // and let the person change something. A full server (503) or an unreachable one: retry.
     const final = (e.status && e.status < 500 && e.status !== 429) || e.name === "NotAllowedError"
@@ -387,6 +389,7 @@ async function connect() {
     if (!final) {
       if (e.code === "server_full") {
         const n = await viewerCount();
+        if (!wanted || attempt !== attempts) return;
         if (n !== null) e.message = `The server is full (${n} viewer${n === 1 ? "" : "s"})`;
       }
       dropped(e);
@@ -441,7 +444,8 @@ function stop() {
   clearPanels();
   $("connect").disabled = false;
   $("disconnect").disabled = true;
-  refreshSources(); // back to the slow pace
+  clearTimeout(sourcesTimer); // the source as it is without this viewer, soon; then the slow pace
+  sourcesTimer = setTimeout(refreshSources, 1000);
 }
 
 // A new source, model or mode while connected: a new session with it (the old one ends).
@@ -710,6 +714,6 @@ if (storedToken()) {
   $("token").value = storedToken();
   $("auth").hidden = false;
 }
-loadChoices().then(refreshSources);
+loadChoices().then(() => { sourcesTimer = setTimeout(refreshSources, SOURCES_IDLE_MS); });
 loadEvents();
 loadRecordings();
