@@ -139,7 +139,8 @@ async def list_sources(services: ServicesDep, caller: ViewerDep) -> SourcesRespo
     """Every configured source (`default` and SOURCES), plus files opened through `video_path`
     while they play: state (`idle` no pipeline, `live`, `reconnecting` was live and is trying
     again, `failed` could not open yet and is trying again), the source's own resolution, the
-    measured fps, viewers and last error. Credentials in URLs are shown as `***`."""
+    measured fps, viewers and last error (kept, also while idle, until the source is live
+    again). Credentials in URLs are shown as `***`."""
     hub = services.hub
     specs = dict(services.sources)
     for stats in hub.stats()["captures"]:
