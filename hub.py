@@ -37,6 +37,9 @@ class PipelineHub:
         self._captures: dict[str, Capture] = {}
         self._capture_users: dict[str, int] = {}
         self._retiring: dict[str, Capture] = {}  # captures being stopped, until their thread has ended
+        #: source → why it was down when its last viewer left: /api/sources keeps showing it
+        #: while the source is idle, until a capture of it is live again
+        self.last_errors: dict[str, str] = {}
         self._pipelines: dict[tuple[str, str], AIProcessor] = {}
         self._lock = threading.Lock()  # the watchdog and stats read while the loop mutates
         self._watchdog: Optional[Worker] = None
@@ -130,6 +133,10 @@ class PipelineHub:
             retired = None
             if self._capture_users[pipeline.source] == 0:
                 retired = self._captures.pop(pipeline.source)
+                if retired.state != "live" and retired.last_error and retired.spec.kind != "camera":
+                    self.last_errors[pipeline.source] = retired.last_error
+                else:  # live when it was left (a viewer's own camera is not a source: not kept)
+                    self.last_errors.pop(pipeline.source, None)
                 self._retiring[pipeline.source] = retired
                 to_stop.append(retired)
                 del self._capture_users[pipeline.source]

@@ -41,7 +41,7 @@ class ModelsResponse(BaseModel):
              "mean_inference_ms": 0.01, "labels": []},
             {"name": "person", "type": "detector", "state": "ready", "error": None,
              "mean_inference_ms": 17.8, "labels": ["person"]},
-            {"name": "yolo", "type": "detector", "state": "error", "error": "ModelLoadError: MODEL_PATH is not set",
+            {"name": "yolo", "type": "detector", "state": "error", "error": "needs MODEL_PATH",
              "mean_inference_ms": None, "labels": []}]}]})
 
     default: str
@@ -51,7 +51,8 @@ class ModelsResponse(BaseModel):
 @router.get("/models", response_model=ModelsResponse, summary="The models and their state",
             responses=error_responses(AUTH_ERRORS))
 async def list_models(services: ServicesDep, caller: ViewerDep) -> ModelsResponse:
-    """Every model by name: `ready` (loaded), `error` (failed to load, with why) or
+    """Every model by name: `ready` (loaded), `error` (failed to load, or cannot: `yolo` without
+    MODEL_PATH says `needs MODEL_PATH`; `error` says why) or
     `not_loaded` (loads on first use), and its mean inference time. `default` is the model
     used when an offer names none (`none` if DEFAULT_MODEL failed to load)."""
     return ModelsResponse(default=services.default_model, models=services.models.info())
@@ -120,7 +121,16 @@ def _source_info(hub: PipelineHub, default_model: str, spec, snapshot: Optional[
         mean_inference_ms=round(busiest.stage.inference_ms, 2) if busiest and busiest.stage.frames_processed else None,
         viewers=sum(p.viewers - p.held for p in pipelines),
         model=spec.model or default_model, always_on=spec.always_on,
-        last_error=redact(capture.last_error) if capture and capture.last_error else None, snapshot_url=snapshot)
+        last_error=_last_error(hub, spec.name, capture), snapshot_url=snapshot)
+
+
+def _last_error(hub: PipelineHub, name: str, capture) -> Optional[str]:
+    """Why the source is down, kept until it is live again (also while it is idle, no viewer)."""
+    if capture is not None and capture.state == "live":
+        hub.last_errors.pop(name, None)  # it recovered
+        return None
+    error = (capture.last_error if capture is not None else None) or hub.last_errors.get(name)
+    return redact(error) if error else None
 
 
 @router.get("/sources", response_model=SourcesResponse, summary="The sources and their state",
@@ -129,7 +139,8 @@ async def list_sources(services: ServicesDep, caller: ViewerDep) -> SourcesRespo
     """Every configured source (`default` and SOURCES), plus files opened through `video_path`
     while they play: state (`idle` no pipeline, `live`, `reconnecting` was live and is trying
     again, `failed` could not open yet and is trying again), the source's own resolution, the
-    measured fps, viewers and last error. Credentials in URLs are shown as `***`."""
+    measured fps, viewers and last error (kept, also while idle, until the source is live
+    again). Credentials in URLs are shown as `***`."""
     hub = services.hub
     specs = dict(services.sources)
     for stats in hub.stats()["captures"]:

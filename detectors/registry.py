@@ -18,6 +18,10 @@ class ModelLoadError(Exception):
     """The model cannot be loaded; the message is safe to show."""
 
 
+#: the `yolo` entry's error while MODEL_PATH is unset (nothing to load)
+NEEDS_MODEL_PATH = "needs MODEL_PATH"
+
+
 @dataclass
 class ModelEntry:
     name: str
@@ -45,10 +49,16 @@ class ModelRegistry:
         self.register("none", "passthrough", PassThrough)
         self.register("edges", "filter", Edges)
         self.register("person", "detector", lambda: _person(threshold, threads))
-        self.register("yolo", "detector", lambda: _yolo(model_path, labels_path, threshold, threads))
+        self.register("yolo", "detector", lambda: _yolo(model_path, labels_path, threshold, threads),
+                      unavailable=None if model_path is not None else NEEDS_MODEL_PATH)
 
-    def register(self, name: str, type_: str, factory: Callable[[], Processor]) -> None:
-        self.entries[name] = ModelEntry(name, type_, factory)
+    def register(self, name: str, type_: str, factory: Callable[[], Processor],
+                 unavailable: Optional[str] = None) -> None:
+        """`unavailable`: why the model cannot load, known without trying (shown at once as its
+        `error`, and never loaded)."""
+        entry = self.entries[name] = ModelEntry(name, type_, factory)
+        if unavailable:
+            entry.state, entry.error = "error", unavailable
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
@@ -66,7 +76,8 @@ class ModelRegistry:
                 try:
                     entry.instance = entry.factory()
                 except Exception as exc:
-                    entry.state, entry.error = "error", f"{type(exc).__name__}: {exc}"
+                    # the reason in plain words: no Python class name in what people read
+                    entry.state, entry.error = "error", str(exc).strip() or "it cannot be loaded"
                     raise ModelLoadError(f"Model {name!r} failed to load: {entry.error}") from None
                 entry.state, entry.error = "ready", None
             return entry.instance
@@ -96,5 +107,5 @@ def _yolo(model_path: Optional[Path], labels_path: Optional[Path], threshold: fl
     from detectors.yolo import YoloDetector
 
     if model_path is None:
-        raise ModelLoadError("MODEL_PATH is not set")
+        raise ModelLoadError(NEEDS_MODEL_PATH)
     return YoloDetector(model_path, labels_path, threshold, threads)

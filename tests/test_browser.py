@@ -6,6 +6,7 @@ import asyncio
 import functools
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -119,6 +120,13 @@ async def test_demo_camera_mode_round_trips_the_fake_camera(browser):
         assert not_blank(await page.locator("#video").screenshot(path=str(ARTIFACTS / "demo-camera.png"))) > 10
 
 
+async def pill(page) -> dict:
+    """The status pill: what it says, its state and its background colour."""
+    return await page.evaluate("""(() => { const p = document.getElementById('status');
+        return {text: p.textContent, state: p.dataset.state, cls: p.className,
+                colour: getComputedStyle(p).backgroundColor}; })()""")
+
+
 async def test_demo_shows_api_errors_to_the_person(browser):
     async with running_server(MAX_SESSIONS=1) as (url, svc):
         one = await browser.new_page()
@@ -129,8 +137,120 @@ async def test_demo_shows_api_errors_to_the_person(browser):
         await two.goto(url + "/demo")
         await two.click("#connect")
         await two.wait_for_function("!document.getElementById('error').hidden", timeout=15000)
-        assert "server is full" in (await two.text_content("#error")).lower()
+        # in plain words, chosen by the body's code; the countdown starts at the Retry-After (5 s)
+        message = await two.text_content("#error-text")
+        assert re.fullmatch(r"The server is full \(1 viewer\); retrying in [45] s", message), message
+        assert "Connection lost" not in message and await two.text_content("#retry-now") == "Retry now"
+        assert await two.evaluate("window.vg.status") == "reconnecting"
+        first = await two.evaluate("window.vg.retryIn")
+        await two.wait_for_function(f"window.vg.retryIn !== null && window.vg.retryIn < {first}", timeout=3000)
+        counted = re.search(r"retrying in (\d) s$", await two.text_content("#error-text"))
+        assert counted and int(counted[1]) < first, counted  # the text counts down too
+        ARTIFACTS.mkdir(exist_ok=True)
+        await two.screenshot(path=str(ARTIFACTS / "demo-server-full.png"))
+        # a seat frees up: Retry now connects at once, without waiting for the countdown
+        await one.click("#disconnect")
+        await one.wait_for_function("window.vg.status === 'idle'")
+        for _ in range(50):
+            if not svc.sessions.sessions:
+                break
+            await asyncio.sleep(0.1)
+        # (one call: the countdown cannot run out between finding the button and clicking it)
+        left = await two.evaluate("(() => { const b = document.getElementById('retry-now');"
+                                  " const left = window.vg.retryIn; if (b) b.click(); return b ? left : null; })()")
+        assert left is not None and left >= 1, left
+        await two.wait_for_function("window.vg.status === 'connected'", timeout=15000)
+        assert await two.is_hidden("#error")
         await two.click("#disconnect")
+
+
+async def test_demo_lists_unavailable_models_switches_model_and_clears_on_disconnect(browser):
+    """yolo without MODEL_PATH: listed, disabled, with why. A new model while connected is a
+    new session with it; Disconnect leaves no frame, detections or stats behind. The header
+    links to the API docs and the console; the favicon loads (no 404 in the console)."""
+    async with running_server() as (url, svc):
+        page = await browser.new_page()
+        errors = console_errors(page)
+        await page.goto(url + "/demo")
+        await page.wait_for_function("document.querySelectorAll('#model option').length > 1")
+        yolo = await page.evaluate("""(() => { const o = document.querySelector('#model option[value=yolo]');
+            return {text: o.textContent, disabled: o.disabled, title: o.title}; })()""")
+        assert yolo == {"text": "yolo (unavailable: needs MODEL_PATH)", "disabled": True, "title": "needs MODEL_PATH"}
+        assert not await page.evaluate("document.querySelector('#model option[value=edges]').disabled")
+        assert await page.get_attribute("header a[href='/docs']", "href") and \
+            await page.get_attribute("header a[href='/console']", "href")
+        assert await page.get_attribute("link[rel=icon]", "href") == "/static/favicon.svg"
+        async with httpx.AsyncClient(base_url=url) as http:
+            icon = await http.get("/favicon.ico")
+            assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+        await page.click("#connect")
+        await page.wait_for_function("window.vg.status === 'connected' && window.vg.frameId !== null", timeout=30000)
+        (first,) = svc.sessions.sessions.values()
+        assert first.model == "none"
+        await page.select_option("#model", "edges")  # while connected: applied, by a new session
+        for _ in range(100):
+            models = [s.model for s in svc.sessions.sessions.values()]
+            if models == ["edges"]:
+                break
+            await asyncio.sleep(0.1)
+        assert models == ["edges"], models
+        await page.wait_for_function("window.vg.status === 'connected' && window.vg.frameId !== null", timeout=30000)
+        await page.wait_for_function("document.getElementById('st-codec').textContent !== '-'", timeout=10000)
+        await page.click("#disconnect")
+        panels = await page.evaluate("""(() => ({
+            video: document.getElementById('video').srcObject,
+            frame: document.getElementById('frame-id').textContent,
+            found: document.getElementById('det-count').textContent,
+            inference: document.getElementById('inference').textContent,
+            detections: document.querySelectorAll('#detections li').length,
+            stats: [...document.querySelectorAll('#stats td')].map((td) => td.textContent)}))()""")
+        assert panels == {"video": None, "frame": "-", "found": "0", "inference": "-", "detections": 0,
+                          "stats": ["-"] * 6}, panels
+        assert (await pill(page))["state"] == "idle" and await page.is_hidden("#error")
+        # nothing failed: no favicon 404 (a DELETE may find its session already ended by the close)
+        assert not [e for e in errors if "/api/session/" not in e], errors
+        await page.close()
+
+
+async def test_demo_pill_shows_a_failing_source_with_its_reason(browser, rtsp_server):
+    """Connected, but the camera behind the source is gone: amber `source unavailable: <why>`
+    (not green `connected`), the menu says `reconnecting`; the reason stays listed after
+    Disconnect, until the source is live again."""
+    sources = {"lobby": {"url": rtsp_server.url, "model": "none"}}
+    fast = {"RTSP_OPEN_TIMEOUT_S": 2, "RTSP_STALL_TIMEOUT_S": 2, "RTSP_RECONNECT_MAX_S": 1}
+    async with running_server(SOURCES=sources, **fast) as (url, svc):
+        page = await browser.new_page()
+        await page.goto(url + "/demo")
+        await page.wait_for_function("document.querySelector('#source option[value=lobby]')")
+        await page.select_option("#source", "lobby")
+        await page.click("#connect")
+        await page.wait_for_function("window.vg.status === 'connected' && window.vg.frameId !== null", timeout=30000)
+        lobby = "document.querySelector('#source option[value=lobby]')"
+        await page.wait_for_function(f"{lobby}.textContent === 'lobby (rtsp, live)'", timeout=10000)
+        green = await pill(page)
+        assert green["text"] == "connected" and green["colour"] == "rgb(183, 228, 199)", green
+
+        await asyncio.to_thread(rtsp_server.kill)
+        await page.wait_for_function("window.vg.status === 'unavailable'", timeout=20000)
+        amber = await pill(page)
+        assert amber["text"].startswith("source unavailable: ") and "127.0.0.1" in amber["text"], amber
+        assert amber["colour"] == "rgb(255, 197, 107)" and amber["cls"] == "status", amber  # no .error style
+        assert "s3cret" not in amber["text"]
+        assert await page.text_content("#source option[value=lobby]") == "lobby (rtsp, reconnecting)"
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "demo-source-unavailable.png"))
+
+        await page.click("#disconnect")  # the source goes idle, its last error stays listed
+        await page.wait_for_function(f"{lobby}.textContent === 'lobby (rtsp, idle)'", timeout=15000)
+        assert "127.0.0.1" in await page.get_attribute("#source option[value=lobby]", "title")
+
+        await asyncio.to_thread(rtsp_server.start)
+        await page.click("#connect")
+        await page.wait_for_function(f"window.vg.status === 'connected' && {lobby}.textContent === 'lobby (rtsp, live)'",
+                                     timeout=30000)
+        assert await page.get_attribute("#source option[value=lobby]", "title") == ""
+        await page.click("#disconnect")
+        await page.close()
 
 
 async def test_demo_reconnects_by_itself_after_a_server_restart(browser):

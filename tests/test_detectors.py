@@ -121,7 +121,9 @@ def test_letterbox_and_nms_helpers():
 def test_registry_states_and_load_errors(tmp_path):
     reg = ModelRegistry(threshold=0.5)
     assert {m["name"]: m["state"] for m in reg.info()} == {
-        "none": "not_loaded", "edges": "not_loaded", "person": "not_loaded", "yolo": "not_loaded"}
+        "none": "not_loaded", "edges": "not_loaded", "person": "not_loaded", "yolo": "error"}
+    # without MODEL_PATH, yolo says so from the start (nothing is tried), in plain words
+    assert {m["name"]: m["error"] for m in reg.info()}["yolo"] == "needs MODEL_PATH"
     with pytest.raises(ModelLoadError, match="MODEL_PATH"):
         reg.load("yolo")
     bad = tmp_path / "bad.onnx"
@@ -131,6 +133,7 @@ def test_registry_states_and_load_errors(tmp_path):
         broken.load("yolo")
     info = {m["name"]: m for m in broken.info()}
     assert info["yolo"]["state"] == "error" and info["yolo"]["error"]
+    assert "Error:" not in info["yolo"]["error"], info["yolo"]["error"]  # no Python class name
     reg.load("person")
     assert {m["name"]: m for m in reg.info()}["person"]["labels"] == ["person"]
 
