@@ -45,9 +45,11 @@ class LoopLag:
             self._samples.popleft()
 
     def p99(self) -> float:
-        """The 99th percentile of the lags seen in the last `window_s` (0 before any)."""
+        """The 99th percentile of the lags in the last `window_s`, counted over a full window's
+        worth of samples (`window_s / interval`): the k-th largest lag, k = 1 % of a full window
+        (3 at the defaults). A process younger than the window therefore needs as many stalls as
+        a full minute would (one slow moment at start-up is not a lagging loop); 0 before that."""
         now = time.monotonic()
-        lags = sorted(lag for when, lag in self._samples if now - when <= self.window_s)
-        if not lags:
-            return 0.0
-        return lags[max(0, math.ceil(0.99 * len(lags)) - 1)]
+        lags = sorted((lag for when, lag in self._samples if now - when <= self.window_s), reverse=True)
+        k = max(1, math.ceil(0.01 * self.window_s / self.interval))
+        return lags[k - 1] if len(lags) >= k else 0.0

@@ -75,14 +75,22 @@ async def test_health_is_degraded_while_a_stage_an_encoder_or_the_loop_fails(mon
 def test_loop_lag_p99_covers_the_last_minute_only():
     from core.looplag import LoopLag
 
-    lag = LoopLag(window_s=60)
+    lag = LoopLag(window_s=60)  # a sample every 0.25 s: 240 a minute, so the p99 is the 3rd largest
     now = time.monotonic()
-    for i in range(97):
-        lag.record(0.001, now - 30 + i * 0.1)
+    for i in range(237):
+        lag.record(0.001, now - 59 + i * 0.25)
     for big in (0.4, 0.5, 0.6):
         lag.record(big, now)
-    assert lag.p99() == 0.5  # 100 samples: the 99th is the second largest
+    assert lag.p99() == 0.4
+    young = LoopLag(window_s=60)  # a process younger than a minute needs as many stalls
+    young.record(0.9, now)
+    young.record(0.8, now)
+    assert young.p99() == 0.0  # two slow moments are not a lagging loop
+    young.record(0.3, now)
+    assert young.p99() == 0.3
     stale = LoopLag(window_s=60)
-    stale.record(5.0, now - 61)
-    stale.record(0.002, now)
-    assert stale.p99() == 0.002  # a stall more than a minute ago no longer counts
+    for big in (5.0, 5.0, 5.0):
+        stale.record(big, now - 61)
+    for small in (0.002, 0.002, 0.002):
+        stale.record(small, now)
+    assert stale.p99() == 0.002  # stalls more than a minute ago no longer count
