@@ -64,6 +64,14 @@ async def test_each_documented_error_code_has_its_own_example():
     assert raised_codes() - documented == set(), raised_codes() - documented
 
 
+def test_every_code_in_the_api_documentation_has_an_example():
+    from api.errors import EXAMPLE_DETAILS
+
+    table = (ROOT / "doc" / "API_DOCUMENTATION.md").read_text(encoding="utf-8")
+    codes = set(re.findall(r"^\| `([a-z_]+)` \| [0-9]{3} \|", table, re.MULTILINE))
+    assert codes - set(EXAMPLE_DETAILS) == {"invalid_request", "internal_error"}  # those two: built in
+
+
 async def test_docs_pages_and_assets_are_served_here_and_open():
     import main
 
