@@ -7,8 +7,10 @@ A wrong value stops start-up with one line naming the setting (see `load_setting
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import re
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -18,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from core.redact import redact, url_secrets
 
-APP_NAME = "AI Video Streaming Backend"
+APP_NAME = "VisionGuard"
 APP_VERSION = "1.0.0"
 
 
@@ -245,8 +247,28 @@ def _one_line(exc: Exception) -> str:
         secret = any(word in str(err["loc"][0]) for word in ("SECRET", "KEY", "PASSWORD", "TOKEN"))
         shown = f" (got {got!r})" if isinstance(got, (str, int, float)) and len(repr(got)) < 80 and not secret else ""
         return redact(f"Invalid setting {err['loc'][0]}: {err['msg']}{shown}")
-    # SettingsError: pydantic-settings could not decode a JSON value.
-    return redact(f"Invalid setting: {exc}")
+    # SettingsError: pydantic-settings could not decode a JSON value (the value is not echoed:
+    # a list or map may hold credentials; json's own message says where it broke)
+    found = _NOT_JSON.search(str(exc))
+    if not found:
+        return redact(f"Invalid setting: {exc}")
+    name = found.group(1)
+    where = " in .env" if found.group(2).startswith("DotEnv") else ""
+    why = f" ({exc.__cause__})" if isinstance(exc.__cause__, ValueError) else ""
+    return redact(f"Invalid setting {name}{where}: not valid JSON{why}; lists and maps are JSON, "
+                  f"e.g. {_JSON_EXAMPLES.get(name, _JSON_LIST)}")
+
+
+_NOT_JSON = re.compile(r'error parsing value for field "(\w+)" from source "(\w+)"')
+_JSON_LIST = '["a", "b"]'
+_JSON_EXAMPLES = {
+    "SOURCES": """'{"lobby": "rtsp://cam1/stream", "door": {"url": "clip.mp4", "always_on": true}}'""",
+    "STUN_SERVERS": """'["stun:stun.example.org:3478"]'""",
+    "TURN_SERVERS": """'[{"urls": "turn:turn.example.org:3478"}]'""",
+    "ICE_HOST_ADDRESSES": """'["192.168.1.10"]'""",
+    "CORS_ORIGINS": """'["https://console.example"]'""",
+    "JWT_ALGORITHMS": """'["HS256"]'""",
+}
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -255,6 +277,22 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except (ValidationError, SettingsError) as exc:
         raise InvalidSettings(_one_line(exc)) from None
+
+
+def check_port(host: str, port: int) -> None:
+    """Stop with one line if uvicorn could not listen there (bound the way uvicorn binds: with
+    SO_REUSEADDR), rather than after the start-up banner with uvicorn's `[Errno 98]`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise InvalidSettings(f"Port {port} on {host} is in use (SERVER_PORT): stop what listens there "
+                                      "or choose another port") from None
+            raise InvalidSettings(f"Cannot listen on {host} port {port} (SERVER_HOST, SERVER_PORT): "
+                                  f"{exc.strerror or exc}") from None
 
 
 @lru_cache(maxsize=1)

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.access import router as access_router
@@ -40,7 +41,7 @@ from compat.asgi import install as add_connection_extensions
 from compat.asgi import self_check as check_asgi
 from compat.uvicorn import install as limit_connections
 from compat.uvicorn import self_check as check_uvicorn
-from config import APP_NAME, APP_VERSION, InvalidSettings, Settings, get_settings, load_settings
+from config import APP_NAME, APP_VERSION, InvalidSettings, Settings, check_port, get_settings, load_settings
 from core.looplag import LoopLag
 from core.metrics import Metrics
 from core.redact import install_log_redaction, public, register_secrets, register_server_paths
@@ -50,12 +51,13 @@ from hub import PipelineHub
 from pipeline.encoders import EncodeSettings
 from signaling import router
 from sources.spec import SourceSpec, default_source, display_name, parse_source
-from webrtc.ice import restrict_host_addresses
+from webrtc.ice import check_host_addresses, restrict_host_addresses
 from webrtc.sessions import SessionManager
 
 log = logging.getLogger("visionguard")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+DOCS_ASSETS = "/static/docs-ui"  # Swagger UI's and ReDoc's files (fastapi-offline), open like /static
 
 
 # -- response models ------------------------------------------------------------
@@ -121,10 +123,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         _logging(settings)
-        try:
-            restrict_host_addresses(settings.ICE_HOST_ADDRESSES)
-        except ValueError as exc:
-            raise InvalidSettings(f"Invalid setting ICE_HOST_ADDRESSES: {exc}") from None
+        restrict_host_addresses(settings.ICE_HOST_ADDRESSES)  # checked in build_services
         await load_default_model(services)
         services.loop_lag.start()
         services.sessions.start()
@@ -143,8 +142,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         connections.uninstall()
         log.info("shut down: every session closed, every pipeline stopped")
 
-    app = FastAPI(
-        title=APP_NAME, version=APP_VERSION, lifespan=lifespan,
+    app = FastAPIOffline(  # /docs and /redoc from the package's own assets, not a CDN
+        title=APP_NAME, version=APP_VERSION, lifespan=lifespan, static_url=DOCS_ASSETS,
         description="Real-time AI video processing, streamed to browsers over WebRTC. "
                     "Post an SDP offer to `/api/offer`; the answer carries a `session_id`. "
                     'Every error is JSON `{"detail": "<sentence>", "code": "<snake_case>"}`.',
@@ -170,6 +169,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
 
 def build_services(settings: Settings) -> Services:
     """Everything the routes share, checked against the settings (InvalidSettings if wrong)."""
+    try:
+        check_host_addresses(settings.ICE_HOST_ADDRESSES)  # before uvicorn: one line, not a lifespan traceback
+    except ValueError as exc:
+        raise InvalidSettings(f"Invalid setting ICE_HOST_ADDRESSES: {exc}") from None
     sources = configured_sources(settings)
     models = ModelRegistry(settings.DETECTION_THRESHOLD, settings.MODEL_PATH, settings.MODEL_LABELS,
                            settings.ORT_THREADS)
@@ -331,8 +334,10 @@ def main() -> None:
     import uvicorn
 
     settings = load_settings()
+    app = create_app(settings)
+    check_port(settings.SERVER_HOST, settings.SERVER_PORT)
     uvicorn.run(
-        create_app(settings), host=settings.SERVER_HOST, port=settings.SERVER_PORT,
+        app, host=settings.SERVER_HOST, port=settings.SERVER_PORT,
         log_level="debug" if settings.DEBUG_MODE else "info",
         ssl_certfile=str(settings.SSL_CERTFILE) if settings.SSL_CERTFILE else None,
         ssl_keyfile=str(settings.SSL_KEYFILE) if settings.SSL_KEYFILE else None)

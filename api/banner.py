@@ -44,5 +44,6 @@ def print_banner(settings: Settings, spec) -> None:
     text = "\n".join([
         line, f"Starting {APP_NAME} v{APP_VERSION}", line, video, auth, cors,
         f"✓ Demo:     {base}/demo", f"✓ API docs: {base}/docs", f"✓ Health:   {base}/health",
-        "✓ Application started successfully", line])
+        # printed during lifespan start-up, before uvicorn binds the port: it claims no more than that
+        '✓ Start-up done; serving once uvicorn logs "Uvicorn running on …"', line])
     print(clip_lines(redact(text)), flush=True)

@@ -159,7 +159,8 @@ async def list_sources(services: ServicesDep, caller: ViewerDep) -> SourcesRespo
             responses={200: {"content": {"image/jpeg": {}}, "description": "JPEG image"},
                        **error_responses({401: "No valid bearer token or signed URL (AUTH_MODE=jwt)",
                                           403: "The token lacks the `view` scope", 404: "Unknown source",
-                                          503: "The source has no frame yet (see its last_error)"})})
+                                          503: "The source has no frame yet (see its last_error; "
+                                               "code `source_unavailable`)"})})
 async def snapshot(services: ServicesDep, hub: HubDep, name: str, caller: MediaViewerDep) -> Response:
     """The newest processed frame (boxes and status band drawn) as JPEG. With AUTH_MODE=jwt it
     takes a bearer token or a signed URL (`snapshot_url` in `/api/sources`, or `POST

@@ -6,7 +6,9 @@ echoed in a 422's list lose NaN/Infinity, lone surrogates, depth and length."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from typing import Any, Optional, Union
 
 from fastapi import FastAPI, HTTPException, Request
@@ -68,9 +70,58 @@ class ValidationErrorResponse(BaseModel):
     code: str
 
 
+#: an example `detail` for each code (the sentence a route sends, with made-up names)
+EXAMPLE_DETAILS = {
+    "bad_request": "Query parameter 'source' is given more than once.",
+    "bad_offer": "The SDP offer has no video (m=video) section.",
+    "invalid_token": "This route needs an 'Authorization: Bearer <token>' header.",
+    "insufficient_scope": "This needs the 'admin' scope; the token has ['view'].",
+    "not_found": "Unknown source 'lobby'.",
+    "not_recording": "Source 'lobby' is not being recorded.",
+    "model_unavailable": "Model 'yolo' failed to load: ModelLoadError: MODEL_PATH is not set.",
+    "already_recording": "Source lobby is already being recorded.",
+    "still_recording": "This recording is still being written; stop it first.",
+    "body_too_large": "Request body is larger than 65536 bytes.",
+    "undecodable_media": "cannot decode clip.mp4: Invalid data found when processing input.",
+    "range_not_satisfiable": "Range not satisfiable: the recording has 1048576 bytes.",
+    "server_full": "The server is full; try again later.",
+    "subject_limit": "You already hold 10 sessions (MAX_SESSIONS_PER_SUBJECT); close one or try again later.",
+    "recordings_unavailable": "Cannot write to RECORDINGS_DIR: No space left on device.",
+    "source_unavailable": "Source 'lobby' has no frame yet: cannot open rtsp://***@10.0.0.5/stream.",
+}
+#: `not_found` examples by what the description says is missing
+_NOT_FOUND = [("session", "Session 3f9c2a61d0b14e7e not found."), ("recording", "No such recording."),
+              ("event", "No snapshot for event 42."), ("source", "Unknown source 'lobby'.")]
+_SCHEMA_ERROR = {"detail": [{"type": "missing", "loc": ["body", "sdp"], "msg": "Field required", "input": {}}],
+                 "code": "invalid_request"}
+#: "code `x`" in a description names the code(s) that status carries
+_CODE = re.compile(r"\bcodes? `([a-z_]+)`")
+
+
+def error_codes(status: int, description: str) -> list[str]:
+    """The codes a documented status carries: those its description names ("code `x`"), else the
+    status's default; a 422 may always be FastAPI's schema error (`invalid_request`)."""
+    codes = list(dict.fromkeys(_CODE.findall(description))) or [DEFAULT_CODES[status]]
+    if status == 422 and "invalid_request" not in codes:
+        codes.append("invalid_request")
+    return codes
+
+
+def _example(code: str, description: str) -> dict:
+    if code == "invalid_request":
+        return {"summary": "The body or a parameter does not fit the schema", "value": _SCHEMA_ERROR}
+    detail = EXAMPLE_DETAILS[code]
+    if code == "not_found":
+        detail = next((text for word, text in _NOT_FOUND if word in description.lower()), detail)
+    return {"summary": code, "value": {"detail": detail, "code": code}}
+
+
 def error_responses(descriptions: dict[int, str]) -> dict:
-    """OpenAPI `responses` for these statuses, each with the error shape (a 422 may carry the list)."""
-    return {status: {"model": ValidationErrorResponse if status == 422 else ErrorResponse, "description": text}
+    """OpenAPI `responses` for these statuses, each with the error shape (a 422 may carry the list)
+    and one named example per code it carries (a KeyError here: a code without EXAMPLE_DETAILS)."""
+    return {status: {"model": ValidationErrorResponse if status == 422 else ErrorResponse, "description": text,
+                     "content": {"application/json": {"examples": {
+                         code: _example(code, text) for code in error_codes(status, text)}}}}
             for status, text in descriptions.items()}
 
 
@@ -79,6 +130,8 @@ def error_body(status: int, detail: str, code: Optional[str] = None) -> dict:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    _document_schema_errors(app)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = getattr(exc, "code", None)
@@ -100,6 +153,31 @@ def install_error_handlers(app: FastAPI) -> None:
         # (through the redacting, clipping log filter)
         count_internal_error(request)
         return JSONResponse(error_body(500, "Internal server error; see the server log."), status_code=500)
+
+
+def _document_schema_errors(app: FastAPI) -> None:
+    """The 422 FastAPI adds to every route with parameters documents its own shape (no `code`);
+    in the spec it becomes ours, with its example, like every other documented error."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = build()
+        ours = {"schema": {"$ref": "#/components/schemas/ValidationErrorResponse"},
+                "examples": {"invalid_request": _example("invalid_request", "")}}
+        for operation in (op for ops in spec.get("paths", {}).values() for op in ops.values()):
+            response = operation.get("responses", {}).get("422")
+            if response and response.get("description") == "Validation Error":
+                response["content"] = {"application/json": ours}
+        schemas = spec.get("components", {}).get("schemas", {})
+        schemas.setdefault("ValidationErrorResponse", ValidationErrorResponse.model_json_schema())
+        for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's, now referenced by nothing
+            if f'"#/components/schemas/{name}"' not in json.dumps(spec["paths"]):
+                schemas.pop(name, None)
+        return spec
+
+    app.openapi = openapi
 
 
 def _allowed_methods(request: Request) -> str:

@@ -117,7 +117,7 @@ def _own_session(services: Services, session_id: str, caller: Principal):
     return session
 
 
-NOT_RECORDING = "Nothing is being recorded there (code `not_recording`)"
+NOT_RECORDING = "nothing is being recorded there (code `not_recording`)"
 
 
 @router.post("/sources/{name}/record", status_code=201, response_model=RecordingStarted,
@@ -135,7 +135,7 @@ async def start_source(name: str, services: ServicesDep, caller: AdminDep) -> Re
 
 @router.delete("/sources/{name}/record", response_model=RecordingStopped, summary="Stop recording a source",
                responses=error_responses({**AUTH_ERRORS, 403: "The token lacks the `admin` scope",
-                                          404: f"Unknown source, or {NOT_RECORDING}"}))
+                                          404: f"Unknown source (code `not_found`), or {NOT_RECORDING}"}))
 async def stop_source(name: str, services: ServicesDep, caller: AdminDep) -> RecordingStopped:
     """Stop: the frames queued are written, the file is closed and is `done`. The answer is the
     last segment's. Stopping a source configured with `record: true` pauses it until it is
@@ -160,7 +160,8 @@ async def start_session(session_id: str, services: ServicesDep, caller: AdminDep
 
 
 @router.delete("/record/{session_id}", response_model=RecordingStopped, summary="Stop recording a session",
-               responses=error_responses({**AUTH_ERRORS, 404: f"Unknown session, or {NOT_RECORDING}"}))
+               responses=error_responses({**AUTH_ERRORS,
+                                          404: f"Unknown session (code `not_found`), or {NOT_RECORDING}"}))
 async def stop_session(session_id: str, services: ServicesDep, caller: AdminDep) -> RecordingStopped:
     _own_session(services, session_id, caller)
     info = await services.recordings.stop_session(session_id)
@@ -206,7 +207,8 @@ def _found(services: Services, recording_id: str, caller: Principal) -> Recordin
                        206: {"content": {"video/mp4": {}}, "description": "The bytes asked for by `Range`"},
                        **error_responses({401: "No valid bearer token or signed URL (AUTH_MODE=jwt)",
                                           403: "The token lacks the `view` scope", 404: "No such recording",
-                                          416: "Range not satisfiable (`Content-Range: bytes */<size>`)"})})
+                                          416: "Range not satisfiable (`Content-Range: bytes */<size>`; "
+                                               "code `range_not_satisfiable`)"})})
 async def download(recording_id: str, request: Request, services: ServicesDep,
                    caller: MediaViewerDep) -> StreamingResponse:
     """The MP4 (`video/mp4`): fragmented H.264, playable while it is still being written (up to

@@ -70,7 +70,7 @@ async def full_api(media_dir):
 async def test_root_health_info(api):
     http, _ = api
     root = (await http.get("/")).json()
-    assert root["service"] == "AI Video Streaming Backend" and root["status"] == "running"
+    assert root["service"] == "VisionGuard" and root["status"] == "running"
     assert root["endpoints"]["api"]["offer"] == "/api/offer" and root["endpoints"]["docs"] == "/docs"
 
     health = (await http.get("/health")).json()

@@ -1,13 +1,15 @@
 """Settings: contract defaults, JSON env values, and one clear line for a wrong value."""
 
 import os
+import re
+import socket
 import subprocess
 import sys
 
 import pytest
 
 from config import IceServer, load_settings
-from conftest import ROOT, startup_error
+from conftest import ROOT, main_py_stop_line, startup_error
 from webrtc.ice import rtc_configuration
 
 
@@ -82,3 +84,37 @@ def test_python_main_with_a_wrong_setting_exits_with_one_line_on_stderr():
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "TURN_SERVERS" in lines[0], proc.stderr
     assert "T0PSECRET" not in proc.stderr + proc.stdout
+
+
+def test_ice_host_address_not_of_this_host_stops_python_main_with_one_line():
+    """Checked with the other settings, before uvicorn runs the lifespan (no traceback)."""
+    line = main_py_stop_line("import os; os.environ['ICE_HOST_ADDRESSES'] = '[\"203.0.113.7\"]'")
+    assert line == "Invalid setting ICE_HOST_ADDRESSES: 203.0.113.7 is not an address of this host"
+
+
+def test_a_value_that_is_not_json_names_the_setting_and_shows_the_form(monkeypatch):
+    line = main_py_stop_line("import os; os.environ['SOURCES'] = '{bad'")
+    assert line.startswith("Invalid setting SOURCES: not valid JSON (Expecting property name"), line
+    assert "EnvSettingsSource" not in line and '{"lobby": ' in line
+    message = startup_error(monkeypatch, TURN_SERVERS='[{"urls": "turn:x", "credential": "T0PSECRET"')
+    assert message.startswith("Invalid setting TURN_SERVERS: not valid JSON") and "T0PSECRET" not in message
+
+
+def test_a_port_in_use_stops_python_main_with_one_line_before_the_banner():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = main_py_stop_line(f"import os; os.environ.update(SERVER_HOST='127.0.0.1', SERVER_PORT='{port}')")
+    assert line == (f"Port {port} on 127.0.0.1 is in use (SERVER_PORT): stop what listens there "
+                    "or choose another port")
+
+
+def test_env_example_lists_every_setting():
+    from config import Settings
+
+    text = (ROOT / ".env.example").read_text(encoding="utf-8")
+    listed = re.findall(r"^# ([A-Z][A-Z0-9_]+)=", text, re.MULTILINE)
+    assert set(Settings.model_fields) - set(listed) == set()
+    assert set(listed) - set(Settings.model_fields) == set()  # nothing that is not a setting
+    assert listed[:3] == ["SOURCES", "VIDEO_FILE_PATH", "MEDIA_DIR"]  # what to watch comes first

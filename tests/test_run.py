@@ -42,7 +42,7 @@ def test_uvicorn_main_app_serves():
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
-    assert "Starting AI Video Streaming Backend" in out
+    assert "Starting VisionGuard" in out
 
 
 def self_signed(tmp_path):

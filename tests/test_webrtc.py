@@ -50,7 +50,7 @@ def server_process(tmp_path):
 async def test_end_to_end_against_python_main(server_process):
     url, log = server_process
     banner = log.read_text()
-    assert "Starting AI Video Streaming Backend v1.0.0" in banner and "synthetic source" in banner
+    assert "Starting VisionGuard v1.0.0" in banner and "synthetic source" in banner
     assert "CORS: Allowing all origins" in banner and "/demo" in banner
 
     viewer = await connect(url)

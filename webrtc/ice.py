@@ -31,13 +31,16 @@ def local_addresses() -> set[str]:
     return found
 
 
+def check_host_addresses(addresses: Optional[list[str]]) -> None:
+    """Raise ValueError naming the addresses that do not belong to this host (changes nothing)."""
+    unknown = [a for a in addresses or [] if a not in local_addresses()]
+    if unknown:
+        verb = "is not an address" if len(unknown) == 1 else "are not addresses"
+        raise ValueError(f"{', '.join(unknown)} {verb} of this host")
+
+
 def restrict_host_addresses(addresses: Optional[list[str]]) -> None:
     """Offer only `addresses` as ICE host candidates (empty or None: every interface).
     Raises ValueError naming an address that does not belong to this host."""
-    if not addresses:
-        use_host_addresses(None)
-        return
-    unknown = [a for a in addresses if a not in local_addresses()]
-    if unknown:
-        raise ValueError(f"{', '.join(unknown)} is not an address of this host")
-    use_host_addresses(list(addresses))
+    check_host_addresses(addresses)
+    use_host_addresses(list(addresses) if addresses else None)
