@@ -62,8 +62,9 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 class RootResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "service": APP_NAME, "version": APP_VERSION, "status": "running",
-        "endpoints": {"demo": "/demo", "docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json", "health": "/health",
-                      "info": "/info", "api": {"offer": "/api/offer", "sessions": "/api/sessions"}}}]})
+        "endpoints": {"demo": "/demo", "console": "/console", "docs": "/docs", "redoc": "/redoc",
+                      "openapi": "/openapi.json", "health": "/health", "info": "/info",
+                      "api": {"offer": "/api/offer", "sessions": "/api/sessions"}}}]})
 
     service: str
     version: str
@@ -244,7 +245,7 @@ def _add_root_routes(app: FastAPI) -> None:
     @app.get("/", response_model=RootResponse, tags=["service"], summary="API information")
     async def root() -> RootResponse:
         return RootResponse(service=APP_NAME, version=APP_VERSION, endpoints={
-            "demo": "/demo", "docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json",
+            "demo": "/demo", "console": "/console", "docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json",
             "health": "/health", "info": "/info",
             "api": {"offer": "/api/offer", "sessions": "/api/sessions", "session": "/api/session/{session_id}",
                     "health": "/api/health", "models": "/api/models", "sources": "/api/sources",
@@ -255,6 +256,12 @@ def _add_root_routes(app: FastAPI) -> None:
         """A browser page that connects to this server: pick a source and a model, or send your
         own camera, and watch the annotated video with its detections and live stats."""
         return FileResponse(STATIC_DIR / "demo.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/console", tags=["service"], summary="The operator console", response_class=FileResponse)
+    async def console() -> FileResponse:
+        """A browser page for operators: every source as a tile (state, figures, snapshot), a
+        live view of one, the events as they happen, the recordings, and the service's health."""
+        return FileResponse(STATIC_DIR / "console.html", headers={"Cache-Control": "no-cache"})
 
     @app.get("/health", response_model=HealthResponse, tags=["service"], summary="Health check")
     async def health(services: ServicesDep) -> HealthResponse:

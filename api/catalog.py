@@ -69,6 +69,8 @@ class SourceInfo(BaseModel):
                                  "of this source; 0 while idle)")
     mean_inference_ms: Optional[float] = Field(None, description="That pipeline's mean inference time per frame")
     viewers: int
+    persons: Optional[int] = Field(None, description="`person` detections in the newest processed frame of that "
+                                   "pipeline (None while idle or before its first frame)")
     model: str = Field(description="The model used when an offer names none")
     always_on: bool
     last_error: Optional[str]
@@ -79,12 +81,12 @@ class SourceInfo(BaseModel):
 class SourcesResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"sources": [
         {"name": "default", "kind": "file", "url": "vtest.avi", "state": "live", "width": 768, "height": 576,
-         "fps": 10.0, "processed_fps": 10.0, "mean_inference_ms": 17.8, "viewers": 2, "model": "person",
+         "fps": 10.0, "processed_fps": 10.0, "mean_inference_ms": 17.8, "viewers": 2, "persons": 3, "model": "person",
          "always_on": False, "last_error": None,
          "snapshot_url": "/api/sources/default/snapshot.jpg?exp=1764417600&sub=alice&sig=Zm9v"},
         {"name": "lobby", "kind": "rtsp", "url": "rtsp://***@10.0.0.5/stream", "state": "reconnecting",
          "width": 1280, "height": 720, "fps": 0.0, "processed_fps": 0.0, "mean_inference_ms": 18.2, "viewers": 1,
-         "model": "person", "always_on": True,
+         "persons": 0, "model": "person", "always_on": True,
          "last_error": "cannot read rtsp://***@10.0.0.5/stream: Connection refused",
          "snapshot_url": "/api/sources/lobby/snapshot.jpg"}]}]})
 
@@ -118,9 +120,14 @@ def _source_info(hub: PipelineHub, default_model: str, spec, snapshot: Optional[
         fps=round(capture.measured_fps, 2) if capture else 0.0,
         processed_fps=round(busiest.stage.rate.rate, 2) if busiest else 0.0,
         mean_inference_ms=round(busiest.stage.inference_ms, 2) if busiest and busiest.stage.frames_processed else None,
-        viewers=sum(p.viewers - p.held for p in pipelines),
+        viewers=sum(p.viewers - p.held for p in pipelines), persons=_persons(busiest),
         model=spec.model or default_model, always_on=spec.always_on,
         last_error=redact(capture.last_error) if capture and capture.last_error else None, snapshot_url=snapshot)
+
+
+def _persons(pipeline) -> Optional[int]:
+    processed = pipeline.stage.results.peek()[1] if pipeline is not None else None
+    return sum(d.label == "person" for d in processed.detections) if processed is not None else None
 
 
 @router.get("/sources", response_model=SourcesResponse, summary="The sources and their state",
@@ -153,7 +160,9 @@ async def snapshot(services: ServicesDep, hub: HubDep, name: str, caller: MediaV
     """The newest processed frame (boxes and status band drawn) as JPEG. With AUTH_MODE=jwt it
     takes a bearer token or a signed URL (`snapshot_url` in `/api/sources`, or `POST
     /api/signed-url`), so that an `<img>` can load it. A source with no
-    viewer is started for the snapshot and stopped again."""
+    viewer is started for the snapshot and kept running `SNAPSHOT_LINGER_S` after its last
+    snapshot (a console refreshing it does not restart it each time). A source that cannot be
+    opened answers 503 with its error as soon as that is known."""
     spec = services.sources.get(name)
     if spec is None:
         raise ApiError(404, f"Unknown source {name!r}.", "not_found")
@@ -163,9 +172,11 @@ async def snapshot(services: ServicesDep, hub: HubDep, name: str, caller: MediaV
     try:
         deadline = time.monotonic() + SNAPSHOT_WAIT_S
         while (image := pipeline.latest_image()) is None and time.monotonic() < deadline:
+            if pipeline.capture.state == "failed" and pipeline.capture.last_error:
+                break  # it could not be opened: say so now (it keeps trying while it lingers)
             await asyncio.sleep(0.05)
     finally:
-        await hub.release(pipeline)
+        await hub.release(pipeline, services.settings.SNAPSHOT_LINGER_S)
     if image is None:
         capture_error = pipeline.capture.last_error
         raise ApiError(503, f"Source {name!r} has no frame yet" + (f": {capture_error}" if capture_error else "."),
