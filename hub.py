@@ -7,15 +7,16 @@ rate-limited per thread (`core.workers`), and a thread that keeps failing shows 
 A source that is started again right after its last viewer left waits until the previous
 capture has released it (a V4L2 camera cannot be opened twice).
 
-`release(pipeline, linger_s)` can keep a pipeline nobody watches running a little longer (a
-snapshot's: the console refreshes each tile every few seconds, and restarting a pipeline for
-each refresh would reopen the source every time); acquiring it again cancels the linger."""
+`release(pipeline, linger_s)` keeps a pipeline running `linger_s` after that release even if
+nobody uses it then (a snapshot's: the console refreshes each tile every few seconds, and
+restarting a pipeline for each refresh would reopen the source every time)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+import time
 from typing import Callable, Optional
 
 from core.memory import trim_heap
@@ -46,6 +47,7 @@ class PipelineHub:
         self._watchdog: Optional[Worker] = None
         #: pipelines with no viewer kept running until their timer fires (`release(linger_s=)`)
         self._lingering: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._linger_until: dict[tuple[str, str], float] = {}  # monotonic time each pipeline may stop after
         self._expiring: set[asyncio.Task] = set()  # linger ends being carried out (kept referenced)
         self._loop: Optional[asyncio.AbstractEventLoop] = None  # the loop the linger timers run on
         self.metrics = metrics or Metrics()
@@ -128,22 +130,34 @@ class PipelineHub:
         return lambda: open_source(spec, self.width, self.height, self.fps, self.open_timeout, self.read_timeout)
 
     async def release(self, pipeline: AIProcessor, linger_s: float = 0.0) -> None:
-        """One viewer left; the last one stops the pipeline (and the capture if unused), at once
-        or, with `linger_s` > 0, that many seconds later unless it is acquired again by then."""
+        """One viewer left; the last one stops the pipeline (and the capture if unused). With
+        `linger_s` > 0 (a snapshot), the pipeline is kept `linger_s` after this release even when
+        nobody uses it then, whoever leaves last; acquiring it meanwhile keeps it, of course."""
         with self._lock:
             pipeline.viewers -= 1
             key = (pipeline.source, pipeline.model)
-            if pipeline.viewers > 0 or self._pipelines.get(key) is not pipeline:
+            if self._pipelines.get(key) is not pipeline:
                 return
             if linger_s > 0:
-                previous = self._lingering.pop(key, None)
-                if previous is not None:
-                    previous.cancel()
-                self._loop = asyncio.get_running_loop()
-                self._lingering[key] = self._loop.call_later(linger_s, self._linger_over, pipeline)
+                self._linger_until[key] = max(self._linger_until.get(key, 0.0), time.monotonic() + linger_s)
+            if pipeline.viewers > 0 or self._keep_lingering(pipeline):
                 return
             detached = self._detach(pipeline)
         await self._stop_detached(pipeline, *detached)
+
+    def _keep_lingering(self, pipeline: AIProcessor) -> bool:
+        """Under the lock, for a pipeline nobody uses: if its linger has time left, (re)arm the
+        timer that stops it then, and say so."""
+        key = (pipeline.source, pipeline.model)
+        left = self._linger_until.get(key, 0.0) - time.monotonic()
+        if left <= 0:
+            return False
+        previous = self._lingering.pop(key, None)
+        if previous is not None:
+            previous.cancel()
+        self._loop = asyncio.get_running_loop()
+        self._lingering[key] = self._loop.call_later(left, self._linger_over, pipeline)
+        return True
 
     def _linger_over(self, pipeline: AIProcessor) -> None:
         task = asyncio.ensure_future(self._expire(pipeline))
@@ -154,8 +168,8 @@ class PipelineHub:
         with self._lock:
             key = (pipeline.source, pipeline.model)
             self._lingering.pop(key, None)
-            if pipeline.viewers > 0 or self._pipelines.get(key) is not pipeline:
-                return  # watched again, or stop_all has taken it
+            if pipeline.viewers > 0 or self._pipelines.get(key) is not pipeline or self._keep_lingering(pipeline):
+                return  # watched again, taken by stop_all, or its linger was extended meanwhile
             detached = self._detach(pipeline)
         await self._stop_detached(pipeline, *detached)
 
@@ -163,6 +177,7 @@ class PipelineHub:
         """Under the lock: take a pipeline nobody uses out of the hub (and its capture if unused)."""
         to_stop: list = [pipeline]
         del self._pipelines[(pipeline.source, pipeline.model)]
+        self._linger_until.pop((pipeline.source, pipeline.model), None)
         self._capture_users[pipeline.source] -= 1
         retired = None
         if self._capture_users[pipeline.source] == 0:
@@ -196,7 +211,8 @@ class PipelineHub:
             self._capture_users.clear()
             watchdog, self._watchdog = self._watchdog, None
             lingering = list(self._lingering.values())
-            self._lingering.clear()  # a timer that still fires finds its pipeline gone: nothing to do
+            self._lingering.clear()
+            self._linger_until.clear()  # a timer that still fires finds its pipeline gone: nothing to do
         if lingering and self._loop is not None:
             _cancel(self._loop, lingering)
         _stop_all(items)
