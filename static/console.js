@@ -303,19 +303,18 @@ async function openLive(name) {
 }
 
 function endSession(session) {
-  fetch("/api/session/" + encodeURIComponent(session.id), VG.withToken({ method: "DELETE" }, session.token))
+  return fetch("/api/session/" + encodeURIComponent(session.id), VG.withToken({ method: "DELETE" }, session.token))
     .catch(() => {});
 }
 
-// End the live session (the dialog stays as it is).
+// End the live session (the dialog stays as it is): DELETE it first, then close the peer (its
+// close would end the session too, and the DELETE would find nothing).
 function stopLive() {
-  if (liveSession) endSession(liveSession);
+  const session = liveSession, old = livePeer;
   liveSession = null;
-  if (livePeer) {
-    const old = livePeer;
-    livePeer = null;
-    old.close();
-  }
+  livePeer = null;
+  if (old) (session ? endSession(session) : Promise.resolve()).finally(() => old.close());
+  else if (session) endSession(session);
   $("live-video").srcObject = null;
   vgc.live.sessionId = null;
   setLiveStatus("idle");
@@ -327,6 +326,12 @@ function closeLive() {
 }
 
 $("live-close").addEventListener("click", closeLive);
+window.addEventListener("pagehide", () => { // leaving the page: end the session now, not at its timeout
+  if (liveSession) {
+    fetch("/api/session/" + encodeURIComponent(liveSession.id),
+      VG.withToken({ method: "DELETE", keepalive: true }, liveSession.token)).catch(() => {});
+  }
+});
 $("live").addEventListener("close", stopLive); // Escape too
 
 // -- events -----------------------------------------------------------------------------------
