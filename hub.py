@@ -261,6 +261,7 @@ class PipelineHub:
             return {
                 "captures_started": self.captures_started,
                 "pipelines_started": self.pipelines_started,
+                "lingering": [f"{source}/{model}" for source, model in self._lingering],  # no viewer, kept a while
                 "captures": [_capture_stats(c, self._capture_users[n]) for n, c in self._captures.items()],
                 "pipelines": [p.stats() for p in self._pipelines.values()],
             }
