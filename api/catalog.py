@@ -16,7 +16,6 @@ from api.auth import AUTH_ERRORS, MediaViewerDep, ViewerDep
 from api.deps import HubDep, Services, ServicesDep, SettingsDep
 from api.errors import ApiError, error_responses
 from core.redact import redact
-from hub import PipelineHub
 from webrtc.turn import with_credentials
 
 router = APIRouter(prefix="/api", tags=["catalog"])
@@ -70,7 +69,7 @@ class SourceInfo(BaseModel):
     mean_inference_ms: Optional[float] = Field(None, description="That pipeline's mean inference time per frame")
     viewers: int
     persons: Optional[int] = Field(None, description="`person` detections in the newest processed frame of that "
-                                   "pipeline (None while idle or before its first frame)")
+                                   "pipeline (None while idle, before its first frame, or if its model finds no persons)")
     model: str = Field(description="The model used when an offer names none")
     always_on: bool
     last_error: Optional[str]
@@ -108,7 +107,8 @@ def snapshot_url(services: Services, source: str, subject: str) -> str:
     return services.signer.sign(path, subject)[0] if services.tokens is not None else path
 
 
-def _source_info(hub: PipelineHub, default_model: str, spec, snapshot: Optional[str]) -> SourceInfo:
+def _source_info(services: Services, spec, snapshot: Optional[str]) -> SourceInfo:
+    hub, default_model = services.hub, services.default_model
     capture = hub.capture_for(spec.name)
     pipelines = hub.pipelines_for(spec.name)
     size = capture.native_size if capture else None
@@ -120,13 +120,17 @@ def _source_info(hub: PipelineHub, default_model: str, spec, snapshot: Optional[
         fps=round(capture.measured_fps, 2) if capture else 0.0,
         processed_fps=round(busiest.stage.rate.rate, 2) if busiest else 0.0,
         mean_inference_ms=round(busiest.stage.inference_ms, 2) if busiest and busiest.stage.frames_processed else None,
-        viewers=sum(p.viewers - p.held for p in pipelines), persons=_persons(busiest),
+        viewers=sum(p.viewers - p.held for p in pipelines), persons=_persons(services, busiest),
         model=spec.model or default_model, always_on=spec.always_on,
         last_error=redact(capture.last_error) if capture and capture.last_error else None, snapshot_url=snapshot)
 
 
-def _persons(pipeline) -> Optional[int]:
-    processed = pipeline.stage.results.peek()[1] if pipeline is not None else None
+def _persons(services: Services, pipeline) -> Optional[int]:
+    """`person` detections in the pipeline's newest result; None if its model finds no persons."""
+    entry = services.models.entries.get(pipeline.model) if pipeline is not None else None
+    if entry is None or "person" not in entry.labels:
+        return None
+    processed = pipeline.stage.results.peek()[1]
     return sum(d.label == "person" for d in processed.detections) if processed is not None else None
 
 
@@ -144,7 +148,7 @@ async def list_sources(services: ServicesDep, caller: ViewerDep) -> SourcesRespo
         if capture is not None and capture.spec.kind == "file" and capture.spec.name not in specs:
             specs[capture.spec.name] = capture.spec
     return SourcesResponse(sources=[
-        _source_info(hub, services.default_model, spec,
+        _source_info(services, spec,
                      None if spec.kind == "file" and spec.name.startswith("file:")
                      else snapshot_url(services, spec.name, caller.subject))
         for spec in specs.values()])

@@ -65,8 +65,10 @@ function failed(what, e) {
       : `Not allowed (HTTP 403): ${e.message} Use a token with that scope.`;
     $("auth").hidden = false;
     $("auth").classList.add("needed");
-    $("auth-reason").textContent = reason;
-    showError(reason);
+    $("auth-reason").textContent = reason; // beside the field, not in the error banner as well
+    if ($("error").textContent.startsWith("Access denied") || $("error").textContent.startsWith("Not allowed")) {
+      showError("");
+    }
     if (document.activeElement === document.body || !document.activeElement) $("token").focus();
     applyAccess();
   } else {
@@ -133,6 +135,7 @@ function makeTile(name) {
     tile.loading = false;
     root.classList.add("pictured");
     vgc.snapshotsLoaded += 1;
+    if (root.dataset.state === "idle") refreshSoon(); // the snapshot started it: show its state now
   });
   img.addEventListener("error", () => { // 503: no frame yet (the reason is on the tile)
     tile.loading = false;
@@ -174,6 +177,11 @@ function refreshSnapshot(tile, url) {
   tile.img.src = next;
 }
 
+let soon = null;
+function refreshSoon() {
+  if (!soon) soon = setTimeout(() => { soon = null; refreshSources(); }, 300);
+}
+
 async function refreshSources() {
   if (denied) return;
   try {
@@ -187,7 +195,8 @@ async function refreshSources() {
     }
     for (const s of body.sources) updateTile(tiles.get(s.name) || makeTile(s.name), s);
     const down = body.sources.filter((s) => s.state === "failed" || s.state === "reconnecting").length;
-    $("grid-state").textContent = `${body.sources.length} sources` + (down ? ` · ${down} down` : "");
+    const count = body.sources.length;
+    $("grid-state").textContent = `${count} ${count === 1 ? "source" : "sources"}` + (down ? ` · ${down} down` : "");
     if (!$("error").hidden && $("error").textContent.startsWith("Sources:")) showError("");
     showRecordSources();
     showFigures();
