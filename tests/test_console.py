@@ -86,7 +86,7 @@ async def test_console_grid_live_view_events_and_recordings(browser, vtest, rtsp
     # only the vtest source runs the person model: two cores run this test in CI
     sources = {"pattern": {"url": "synthetic", "model": "none"}, "cam": {"url": rtsp_server.url, "model": "none"}}
     settings = dict(MEDIA_DIR=vtest.parent, VIDEO_FILE_PATH="vtest.avi", DEFAULT_MODEL="person", SOURCES=sources,
-                    RECORDINGS_DIR=tmp_path, **RTSP_FAST)
+                    RECORDINGS_DIR=tmp_path, RECORD_EVENTS=True, **RTSP_FAST)
     async with running_server(**settings) as (url, svc):
         async with httpx.AsyncClient(base_url=url) as http:
             assert (await http.get("/")).json()["endpoints"]["console"] == "/console"
@@ -161,10 +161,21 @@ async def test_console_grid_live_view_events_and_recordings(browser, vtest, rtsp
         await page.screenshot(path=str(ARTIFACTS / "console-recording.png"))
         await page.click("#media-close")
 
-        # an event, large
-        await page.click("#events li")
+        # deleted from the page (admin: two clicks)
+        done_id = await page.get_attribute('#recordings tbody tr[data-state="done"]', "data-id")
+        await page.click(f'#recordings tbody tr[data-id="{done_id}"] .delete')
+        assert await page.text_content(f'#recordings tbody tr[data-id="{done_id}"] .delete') == "Confirm"
+        await page.click(f'#recordings tbody tr[data-id="{done_id}"] .delete')
+        await page.wait_for_function(f"!document.querySelector('#recordings tbody tr[data-id=\"{done_id}\"]')",
+                                     timeout=10000)
+        assert svc.recordings.store.get(done_id) is None
+
+        # an event, large, with its recording (RECORD_EVENTS: still being written, and playable)
+        await page.click("#events li:has(.tag)")
         await page.wait_for_function("(() => { const i = document.getElementById('media-image');"
                                      " return !i.hidden && i.complete && i.naturalWidth === 640; })()", timeout=15000)
+        await page.wait_for_function("document.getElementById('media-video').currentTime > 0.5", timeout=15000)
+        await page.screenshot(path=str(ARTIFACTS / "console-event.png"))
         await page.click("#media-close")
 
         # every source was started once, however often its tile was refreshed
