@@ -9,7 +9,7 @@ import time
 import httpx
 
 from api.tokens import mint_token
-from conftest import ThreadWatch, running_server
+from conftest import ThreadWatch, free_port, running_server
 from detectors import ModelRegistry
 from hub import PipelineHub
 from sources.spec import SourceSpec
@@ -64,17 +64,27 @@ async def test_a_lingering_pipeline_is_kept_until_wanted_again_or_its_time_is_up
 
 async def test_snapshot_refreshes_of_an_idle_source_start_its_pipeline_once(threads):
     refreshes = 10
-    async with running_server(SNAPSHOT_LINGER_S=30) as (url, svc):
+    gone = f"rtsp://127.0.0.1:{free_port()}/cam"  # nothing listens there
+    async with running_server(SNAPSHOT_LINGER_S=30, SOURCES={"gone": gone}, **RTSP_FAST) as (url, svc):
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             for _ in range(refreshes):
                 r = await http.get("/api/sources/default/snapshot.jpg")
                 assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
             assert svc.hub.pipelines_started == 1 and svc.hub.captures_started == 1
-            (listed,) = (await http.get("/api/sources")).json()["sources"]
-            assert listed["state"] == "live" and listed["viewers"] == 0
-            assert listed["persons"] is None  # the `none` model finds no persons
+            listed = {s["name"]: s for s in (await http.get("/api/sources")).json()["sources"]}
+            assert listed["default"]["state"] == "live" and listed["default"]["viewers"] == 0
+            assert listed["default"]["persons"] is None  # the `none` model finds no persons
             assert svc.hub.lingering() == [("default", "none")]
-    # the server stopped with the pipeline still lingering: no thread left behind
+            # a source that cannot be opened: 503 with the reason as soon as it is known, not after
+            # SNAPSHOT_WAIT_S, and its pipeline too is started once (it keeps trying while it lingers)
+            for _ in range(3):
+                began = time.monotonic()
+                r = await http.get("/api/sources/gone/snapshot.jpg")
+                assert r.status_code == 503 and "127.0.0.1" in r.json()["detail"], r.text
+                assert time.monotonic() - began < 5
+            assert svc.hub.pipelines_started == 2
+            assert (await http.get("/api/sources")).json()["sources"][1]["state"] == "failed"
+    # the server stopped with the pipelines still lingering: no thread left behind
     assert await until(lambda: threads.new() == [], 10), threads.new()
 
 
