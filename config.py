@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     TARGET_FPS: int = Field(30, ge=1, le=120)
     DEFAULT_WIDTH: int = Field(640, ge=16, le=3840)
     DEFAULT_HEIGHT: int = Field(480, ge=16, le=2160)
+    SNAPSHOT_LINGER_S: float = Field(30.0, ge=0, le=3600)  # an idle source's pipeline runs this long after a snapshot
 
     # Models
     DEFAULT_MODEL: str = "person"

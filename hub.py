@@ -5,13 +5,18 @@ A watchdog thread (like Frigate's) restarts any pipeline thread that died, and a
 clock thread stuck in one step for `STAGE_STUCK_S` (a hung model or encoder); restarts are
 rate-limited per thread (`core.workers`), and a thread that keeps failing shows in /health.
 A source that is started again right after its last viewer left waits until the previous
-capture has released it (a V4L2 camera cannot be opened twice)."""
+capture has released it (a V4L2 camera cannot be opened twice).
+
+`release(pipeline, linger_s)` keeps a pipeline running `linger_s` after that release even if
+nobody uses it then (a snapshot's: the console refreshes each tile every few seconds, and
+restarting a pipeline for each refresh would reopen the source every time)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+import time
 from typing import Callable, Optional
 
 from core.memory import trim_heap
@@ -43,6 +48,11 @@ class PipelineHub:
         self._pipelines: dict[tuple[str, str], AIProcessor] = {}
         self._lock = threading.Lock()  # the watchdog and stats read while the loop mutates
         self._watchdog: Optional[Worker] = None
+        #: pipelines with no viewer kept running until their timer fires (`release(linger_s=)`)
+        self._lingering: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._linger_until: dict[tuple[str, str], float] = {}  # monotonic time each pipeline may stop after
+        self._expiring: set[asyncio.Task] = set()  # linger ends being carried out (kept referenced)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None  # the loop the linger timers run on
         self.metrics = metrics or Metrics()
         #: called on the loop with (pipeline, True) once it has started and (pipeline, False)
         #: when its last viewer has left, before it stops (the event detector follows pipelines)
@@ -92,6 +102,9 @@ class PipelineHub:
                 started = True
             else:
                 started = False
+                linger = self._lingering.pop((spec.name, model.name), None)
+                if linger is not None:  # a lingering pipeline is wanted again: it stays
+                    linger.cancel()
             pipeline.viewers += 1
             self._ensure_watchdog()
         if started:
@@ -119,27 +132,69 @@ class PipelineHub:
     def _opener(self, spec: SourceSpec) -> Callable[[], FrameSource]:
         return lambda: open_source(spec, self.width, self.height, self.fps, self.open_timeout, self.read_timeout)
 
-    async def release(self, pipeline: AIProcessor) -> None:
-        """One viewer left; the last one stops the pipeline (and the capture if unused)."""
-        to_stop: list = []
+    async def release(self, pipeline: AIProcessor, linger_s: float = 0.0) -> None:
+        """One viewer left; the last one stops the pipeline (and the capture if unused). With
+        `linger_s` > 0 (a snapshot), the pipeline is kept `linger_s` after this release even when
+        nobody uses it then, whoever leaves last; acquiring it meanwhile keeps it, of course."""
         with self._lock:
             pipeline.viewers -= 1
             key = (pipeline.source, pipeline.model)
-            if pipeline.viewers > 0 or self._pipelines.get(key) is not pipeline:
+            if self._pipelines.get(key) is not pipeline:
                 return
-            del self._pipelines[key]
-            to_stop.append(pipeline)
-            self._capture_users[pipeline.source] -= 1
-            retired = None
-            if self._capture_users[pipeline.source] == 0:
-                retired = self._captures.pop(pipeline.source)
-                if retired.state != "live" and retired.last_error and retired.spec.kind != "camera":
-                    self.last_errors[pipeline.source] = retired.last_error
-                else:  # live when it was left (a viewer's own camera is not a source: not kept)
-                    self.last_errors.pop(pipeline.source, None)
-                self._retiring[pipeline.source] = retired
-                to_stop.append(retired)
-                del self._capture_users[pipeline.source]
+            if linger_s > 0:
+                self._linger_until[key] = max(self._linger_until.get(key, 0.0), time.monotonic() + linger_s)
+            if pipeline.viewers > 0 or self._keep_lingering(pipeline):
+                return
+            detached = self._detach(pipeline)
+        await self._stop_detached(pipeline, *detached)
+
+    def _keep_lingering(self, pipeline: AIProcessor) -> bool:
+        """Under the lock, for a pipeline nobody uses: if its linger has time left, (re)arm the
+        timer that stops it then, and say so."""
+        key = (pipeline.source, pipeline.model)
+        left = self._linger_until.get(key, 0.0) - time.monotonic()
+        if left <= 0:
+            return False
+        previous = self._lingering.pop(key, None)
+        if previous is not None:
+            previous.cancel()
+        self._loop = asyncio.get_running_loop()
+        self._lingering[key] = self._loop.call_later(left, self._linger_over, pipeline)
+        return True
+
+    def _linger_over(self, pipeline: AIProcessor) -> None:
+        task = asyncio.ensure_future(self._expire(pipeline))
+        self._expiring.add(task)
+        task.add_done_callback(self._expiring.discard)
+
+    async def _expire(self, pipeline: AIProcessor) -> None:
+        with self._lock:
+            key = (pipeline.source, pipeline.model)
+            self._lingering.pop(key, None)
+            if pipeline.viewers > 0 or self._pipelines.get(key) is not pipeline or self._keep_lingering(pipeline):
+                return  # watched again, taken by stop_all, or its linger was extended meanwhile
+            detached = self._detach(pipeline)
+        await self._stop_detached(pipeline, *detached)
+
+    def _detach(self, pipeline: AIProcessor) -> tuple[list, Optional[Capture]]:
+        """Under the lock: take a pipeline nobody uses out of the hub (and its capture if unused)."""
+        to_stop: list = [pipeline]
+        del self._pipelines[(pipeline.source, pipeline.model)]
+        self._linger_until.pop((pipeline.source, pipeline.model), None)
+        self._capture_users[pipeline.source] -= 1
+        retired = None
+        if self._capture_users[pipeline.source] == 0:
+            retired = self._captures.pop(pipeline.source)
+            if retired.state != "live" and retired.last_error and retired.spec.kind != "camera":
+                self.last_errors[pipeline.source] = retired.last_error
+            else:  # live when it was left (a viewer's own camera is not a source: not kept)
+                self.last_errors.pop(pipeline.source, None)
+            self._retiring[pipeline.source] = retired
+            to_stop.append(retired)
+            del self._capture_users[pipeline.source]
+        return to_stop, retired
+
+    async def _stop_detached(self, pipeline: AIProcessor, to_stop: list, retired: Optional[Capture]) -> None:
         self._tell_watchers(pipeline, False)
         # joining threads blocks: keep it off the event loop
         await asyncio.to_thread(_stop_all, to_stop)
@@ -149,6 +204,11 @@ class PipelineHub:
                     del self._retiring[pipeline.source]
         log.info("pipeline %s/%s stopped", pipeline.source, pipeline.model)
 
+    def lingering(self) -> list[tuple[str, str]]:
+        """(source, model) of the pipelines running with no viewer until their linger ends."""
+        with self._lock:
+            return list(self._lingering)
+
     # -- shutdown (blocking) --------------------------------------------------
     def stop_all(self) -> None:
         with self._lock:
@@ -157,6 +217,11 @@ class PipelineHub:
             self._captures.clear()
             self._capture_users.clear()
             watchdog, self._watchdog = self._watchdog, None
+            lingering = list(self._lingering.values())
+            self._lingering.clear()
+            self._linger_until.clear()  # a timer that still fires finds its pipeline gone: nothing to do
+        if lingering and self._loop is not None:
+            _cancel(self._loop, lingering)
         _stop_all(items)
         if watchdog:
             watchdog.stop()
@@ -203,6 +268,7 @@ class PipelineHub:
             return {
                 "captures_started": self.captures_started,
                 "pipelines_started": self.pipelines_started,
+                "lingering": [f"{source}/{model}" for source, model in self._lingering],  # no viewer, kept a while
                 "captures": [_capture_stats(c, self._capture_users[n]) for n, c in self._captures.items()],
                 "pipelines": [p.stats() for p in self._pipelines.values()],
             }
@@ -221,6 +287,15 @@ def _capture_stats(c: Capture, users: int) -> dict:
         "restarts": c.worker.restarts,
         "last_error": c.last_error,
     }
+
+
+def _cancel(loop: asyncio.AbstractEventLoop, handles: list[asyncio.TimerHandle]) -> None:
+    """Cancel loop timers from any thread (stop_all runs off the loop)."""
+    for handle in handles:
+        try:
+            loop.call_soon_threadsafe(handle.cancel)
+        except RuntimeError:  # the loop is closed: the timer will never run
+            pass
 
 
 def _stop_all(items: list) -> None:

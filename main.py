@@ -64,8 +64,9 @@ DOCS_ASSETS = "/static/docs-ui"  # Swagger UI's and ReDoc's files (fastapi-offli
 class RootResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "service": APP_NAME, "version": APP_VERSION, "status": "running",
-        "endpoints": {"demo": "/demo", "docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json", "health": "/health",
-                      "info": "/info", "api": {"offer": "/api/offer", "sessions": "/api/sessions"}}}]})
+        "endpoints": {"demo": "/demo", "console": "/console", "docs": "/docs", "redoc": "/redoc",
+                      "openapi": "/openapi.json", "health": "/health", "info": "/info",
+                      "api": {"offer": "/api/offer", "sessions": "/api/sessions"}}}]})
 
     service: str
     version: str
@@ -247,7 +248,7 @@ def _add_root_routes(app: FastAPI) -> None:
     @app.get("/", response_model=RootResponse, tags=["service"], summary="API information")
     async def root() -> RootResponse:
         return RootResponse(service=APP_NAME, version=APP_VERSION, endpoints={
-            "demo": "/demo", "docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json",
+            "demo": "/demo", "console": "/console", "docs": "/docs", "redoc": "/redoc", "openapi": "/openapi.json",
             "health": "/health", "info": "/info",
             "api": {"offer": "/api/offer", "sessions": "/api/sessions", "session": "/api/session/{session_id}",
                     "health": "/api/health", "models": "/api/models", "sources": "/api/sources",
@@ -263,6 +264,12 @@ def _add_root_routes(app: FastAPI) -> None:
     async def favicon() -> FileResponse:  # browsers ask for it by themselves: no 404 in their console
         return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml",
                             headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/console", tags=["service"], summary="The operator console", response_class=FileResponse)
+    async def console() -> FileResponse:
+        """A browser page for operators: every source as a tile (state, figures, snapshot), a
+        live view of one, the events as they happen, the recordings, and the service's health."""
+        return FileResponse(STATIC_DIR / "console.html", headers={"Cache-Control": "no-cache"})
 
     @app.get("/health", response_model=HealthResponse, tags=["service"], summary="Health check")
     async def health(services: ServicesDep) -> HealthResponse:

@@ -16,7 +16,6 @@ from api.auth import AUTH_ERRORS, MediaViewerDep, ViewerDep
 from api.deps import HubDep, Services, ServicesDep, SettingsDep
 from api.errors import ApiError, error_responses
 from core.redact import redact
-from hub import PipelineHub
 from webrtc.turn import with_credentials
 
 router = APIRouter(prefix="/api", tags=["catalog"])
@@ -70,6 +69,8 @@ class SourceInfo(BaseModel):
                                  "of this source; 0 while idle)")
     mean_inference_ms: Optional[float] = Field(None, description="That pipeline's mean inference time per frame")
     viewers: int
+    persons: Optional[int] = Field(None, description="`person` detections in the newest processed frame of that "
+                                   "pipeline (None while idle, before its first frame, or if its model finds no persons)")
     model: str = Field(description="The model used when an offer names none")
     always_on: bool
     last_error: Optional[str]
@@ -80,12 +81,12 @@ class SourceInfo(BaseModel):
 class SourcesResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"sources": [
         {"name": "default", "kind": "file", "url": "vtest.avi", "state": "live", "width": 768, "height": 576,
-         "fps": 10.0, "processed_fps": 10.0, "mean_inference_ms": 17.8, "viewers": 2, "model": "person",
+         "fps": 10.0, "processed_fps": 10.0, "mean_inference_ms": 17.8, "viewers": 2, "persons": 3, "model": "person",
          "always_on": False, "last_error": None,
          "snapshot_url": "/api/sources/default/snapshot.jpg?exp=1764417600&sub=alice&sig=Zm9v"},
         {"name": "lobby", "kind": "rtsp", "url": "rtsp://***@10.0.0.5/stream", "state": "reconnecting",
          "width": 1280, "height": 720, "fps": 0.0, "processed_fps": 0.0, "mean_inference_ms": 18.2, "viewers": 1,
-         "model": "person", "always_on": True,
+         "persons": 0, "model": "person", "always_on": True,
          "last_error": "cannot read rtsp://***@10.0.0.5/stream: Connection refused",
          "snapshot_url": "/api/sources/lobby/snapshot.jpg"}]}]})
 
@@ -107,7 +108,8 @@ def snapshot_url(services: Services, source: str, subject: str) -> str:
     return services.signer.sign(path, subject)[0] if services.tokens is not None else path
 
 
-def _source_info(hub: PipelineHub, default_model: str, spec, snapshot: Optional[str]) -> SourceInfo:
+def _source_info(services: Services, spec, snapshot: Optional[str]) -> SourceInfo:
+    hub, default_model = services.hub, services.default_model
     capture = hub.capture_for(spec.name)
     pipelines = hub.pipelines_for(spec.name)
     size = capture.native_size if capture else None
@@ -119,7 +121,7 @@ def _source_info(hub: PipelineHub, default_model: str, spec, snapshot: Optional[
         fps=round(capture.measured_fps, 2) if capture else 0.0,
         processed_fps=round(busiest.stage.rate.rate, 2) if busiest else 0.0,
         mean_inference_ms=round(busiest.stage.inference_ms, 2) if busiest and busiest.stage.frames_processed else None,
-        viewers=sum(p.viewers - p.held for p in pipelines),
+        viewers=sum(p.viewers - p.held for p in pipelines), persons=_persons(services, busiest),
         model=spec.model or default_model, always_on=spec.always_on,
         last_error=_last_error(hub, spec.name, capture), snapshot_url=snapshot)
 
@@ -131,6 +133,15 @@ def _last_error(hub: PipelineHub, name: str, capture) -> Optional[str]:
         return None
     error = (capture.last_error if capture is not None else None) or hub.last_errors.get(name)
     return redact(error) if error else None
+
+
+def _persons(services: Services, pipeline) -> Optional[int]:
+    """`person` detections in the pipeline's newest result; None if its model finds no persons."""
+    entry = services.models.entries.get(pipeline.model) if pipeline is not None else None
+    if entry is None or "person" not in entry.labels:
+        return None
+    processed = pipeline.stage.results.peek()[1]
+    return sum(d.label == "person" for d in processed.detections) if processed is not None else None
 
 
 @router.get("/sources", response_model=SourcesResponse, summary="The sources and their state",
@@ -148,7 +159,7 @@ async def list_sources(services: ServicesDep, caller: ViewerDep) -> SourcesRespo
         if capture is not None and capture.spec.kind == "file" and capture.spec.name not in specs:
             specs[capture.spec.name] = capture.spec
     return SourcesResponse(sources=[
-        _source_info(hub, services.default_model, spec,
+        _source_info(services, spec,
                      None if spec.kind == "file" and spec.name.startswith("file:")
                      else snapshot_url(services, spec.name, caller.subject))
         for spec in specs.values()])
@@ -165,7 +176,9 @@ async def snapshot(services: ServicesDep, hub: HubDep, name: str, caller: MediaV
     """The newest processed frame (boxes and status band drawn) as JPEG. With AUTH_MODE=jwt it
     takes a bearer token or a signed URL (`snapshot_url` in `/api/sources`, or `POST
     /api/signed-url`), so that an `<img>` can load it. A source with no
-    viewer is started for the snapshot and stopped again."""
+    viewer is started for the snapshot and kept running `SNAPSHOT_LINGER_S` after its last
+    snapshot (a console refreshing it does not restart it each time). A source that cannot be
+    opened answers 503 with its error as soon as that is known."""
     spec = services.sources.get(name)
     if spec is None:
         raise ApiError(404, f"Unknown source {name!r}.", "not_found")
@@ -175,9 +188,11 @@ async def snapshot(services: ServicesDep, hub: HubDep, name: str, caller: MediaV
     try:
         deadline = time.monotonic() + SNAPSHOT_WAIT_S
         while (image := pipeline.latest_image()) is None and time.monotonic() < deadline:
+            if pipeline.capture.state == "failed" and pipeline.capture.last_error:
+                break  # it could not be opened: say so now (it keeps trying while it lingers)
             await asyncio.sleep(0.05)
     finally:
-        await hub.release(pipeline)
+        await hub.release(pipeline, services.settings.SNAPSHOT_LINGER_S)
     if image is None:
         capture_error = pipeline.capture.last_error
         raise ApiError(503, f"Source {name!r} has no frame yet" + (f": {capture_error}" if capture_error else "."),

@@ -122,7 +122,7 @@ async def test_sources_api_always_on_snapshot_and_errors(rtsp_server, media_dir,
         "broken": "corrupt.mp4",
         "pattern": "synthetic",
     }
-    async with running_server(MEDIA_DIR=media_dir, SOURCES=sources, **RTSP_FAST) as (url, svc):
+    async with running_server(MEDIA_DIR=media_dir, SOURCES=sources, SNAPSHOT_LINGER_S=0.5, **RTSP_FAST) as (url, svc):
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             listed = {s["name"]: s for s in (await http.get("/api/sources")).json()["sources"]}
             assert sorted(listed) == ["broken", "clip", "default", "desk", "lobby", "pattern"]
@@ -139,7 +139,7 @@ async def test_sources_api_always_on_snapshot_and_errors(rtsp_server, media_dir,
             image = cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR)
             assert image.shape == (480, 640, 3) and image.std() > 10
 
-            # an idle file source is started for its snapshot, then stopped again
+            # an idle file source is started for its snapshot, then stopped again (SNAPSHOT_LINGER_S later)
             r = await http.get("/api/sources/clip/snapshot.jpg")
             assert r.status_code == 200
             assert await wait_until(lambda: svc.hub.capture_for("clip") is None, 10)

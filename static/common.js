@@ -1,0 +1,101 @@
+// Helpers shared by VisionGuard's pages (the console; the demo page may adopt them): the access
+// token kept in this tab, API calls with it, and small formatting. No build step: a plain script
+// that defines `window.VG`.
+//
+// Access control (AUTH_MODE=jwt): the token is kept in sessionStorage (this tab only) and sent as
+// `Authorization: Bearer …` on every API call, never in a URL. Media the browser loads by itself
+// (<img>, <video>, EventSource) use the signed URLs the API hands out.
+"use strict";
+
+(function () {
+  const TOKEN_KEY = "visionguard.token";
+
+  function storedToken() {
+    return sessionStorage.getItem(TOKEN_KEY) || "";
+  }
+
+  // Keep `text` as this tab's token (an empty one forgets it); returns the token kept.
+  function keepToken(text) {
+    const token = (text || "").trim().replace(/^Bearer\s+/i, "");
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+    return token;
+  }
+
+  function withToken(options, token) {
+    const headers = new Headers((options && options.headers) || {});
+    if (token) headers.set("Authorization", "Bearer " + token);
+    return { ...options, headers };
+  }
+
+  // fetch + JSON. A refusal throws an Error whose message is the server's own sentence (`detail`),
+  // with `status` and `code` set; an unreachable server throws one with status 0.
+  async function api(path, options, token = storedToken()) {
+    let response;
+    try {
+      response = await fetch(path, withToken(options, token));
+    } catch (e) {
+      const error = new Error("The server cannot be reached (" + e.message + ").");
+      error.status = 0;
+      throw error;
+    }
+    if (!response.ok) {
+      let detail = "HTTP " + response.status, code = "";
+      try {
+        const body = await response.json();
+        detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+        code = body.code || "";
+      } catch (e) { /* not JSON */ }
+      const error = new Error(detail);
+      error.status = response.status;
+      error.code = code;
+      throw error;
+    }
+    return response.json();
+  }
+
+  // The scopes a JWT claims (its payload's space-separated `scope`), read without checking the
+  // signature: only to hide what the server would refuse anyway. [] when it cannot be read.
+  function tokenScopes(token) {
+    try {
+      const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const padded = part + "=".repeat((4 - (part.length % 4)) % 4);
+      const claims = JSON.parse(atob(padded));
+      return typeof claims.scope === "string" ? claims.scope.split(/\s+/).filter(Boolean) : [];
+    } catch (e) {
+      return [];
+    }
+  }
+
+  // An element with text (never HTML: names and errors come from the server's configuration).
+  function el(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = text;
+    if (className) node.className = className;
+    return node;
+  }
+
+  function formatBytes(n) {
+    return n >= 1024 * 1024 ? (n / (1024 * 1024)).toFixed(1) + " MB" : Math.ceil(n / 1024) + " KB";
+  }
+
+  function formatDuration(s) {
+    if (s < 60) return s.toFixed(1) + " s";
+    const m = Math.floor(s / 60);
+    return `${m}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
+  }
+
+  // Resolve when ICE gathering is complete, or after `capMs` (a host with many interfaces).
+  function iceGathered(peer, capMs = 2000) {
+    if (peer.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, capMs);
+      peer.addEventListener("icegatheringstatechange", () => {
+        if (peer.iceGatheringState === "complete") { clearTimeout(timer); resolve(); }
+      });
+    });
+  }
+
+  window.VG = { TOKEN_KEY, storedToken, keepToken, withToken, api, tokenScopes, el, formatBytes, formatDuration,
+    iceGathered };
+})();
