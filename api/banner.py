@@ -43,7 +43,8 @@ def print_banner(settings: Settings, spec) -> None:
         cors = "✓ CORS: Allowing all origins (development mode)"
     text = "\n".join([
         line, f"Starting {APP_NAME} v{APP_VERSION}", line, video, auth, cors,
-        f"✓ Demo:     {base}/demo", f"✓ API docs: {base}/docs", f"✓ Health:   {base}/health",
+        f"✓ Console:  {base}/console", f"✓ Demo:     {base}/demo", f"✓ API docs: {base}/docs",
+        f"✓ Health:   {base}/health",
         # printed during lifespan start-up, before uvicorn binds the port: it claims no more than that
         '✓ Start-up done; serving once uvicorn logs "Uvicorn running on …"', line])
     print(clip_lines(redact(text)), flush=True)
