@@ -159,18 +159,21 @@ class PipelineHub:
         if previous is not None:
             previous.cancel()
         self._loop = asyncio.get_running_loop()
-        self._lingering[key] = self._loop.call_later(left, self._linger_over, pipeline)
+        cell: list = []  # the timer knows itself: a newer one for the same key is not its to drop
+        cell.append(self._loop.call_later(left, self._linger_over, pipeline, cell))
+        self._lingering[key] = cell[0]
         return True
 
-    def _linger_over(self, pipeline: AIProcessor) -> None:
-        task = asyncio.ensure_future(self._expire(pipeline))
+    def _linger_over(self, pipeline: AIProcessor, cell: list) -> None:
+        task = asyncio.ensure_future(self._expire(pipeline, cell[0]))
         self._expiring.add(task)
         task.add_done_callback(self._expiring.discard)
 
-    async def _expire(self, pipeline: AIProcessor) -> None:
+    async def _expire(self, pipeline: AIProcessor, timer: asyncio.TimerHandle) -> None:
         with self._lock:
             key = (pipeline.source, pipeline.model)
-            self._lingering.pop(key, None)
+            if self._lingering.get(key) is timer:
+                del self._lingering[key]
             if pipeline.viewers > 0 or self._pipelines.get(key) is not pipeline or self._keep_lingering(pipeline):
                 return  # watched again, taken by stop_all, or its linger was extended meanwhile
             detached = self._detach(pipeline)
@@ -203,6 +206,16 @@ class PipelineHub:
                 if self._retiring.get(pipeline.source) is retired and retired.released.is_set():
                     del self._retiring[pipeline.source]
         log.info("pipeline %s/%s stopped", pipeline.source, pipeline.model)
+
+    def source_error(self, name: str) -> Optional[str]:
+        """Why the source is down: its capture's last error, or the one it had when its last
+        viewer left; forgotten once it is live again."""
+        with self._lock:
+            capture = self._captures.get(name)
+            if capture is not None and capture.state == "live":
+                self.last_errors.pop(name, None)  # it recovered
+                return None
+            return (capture.last_error if capture is not None else None) or self.last_errors.get(name)
 
     def lingering(self) -> list[tuple[str, str]]:
         """(source, model) of the pipelines running with no viewer until their linger ends."""

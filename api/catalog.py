@@ -123,16 +123,7 @@ def _source_info(services: Services, spec, snapshot: Optional[str]) -> SourceInf
         mean_inference_ms=round(busiest.stage.inference_ms, 2) if busiest and busiest.stage.frames_processed else None,
         viewers=sum(p.viewers - p.held for p in pipelines), persons=_persons(services, busiest),
         model=spec.model or default_model, always_on=spec.always_on,
-        last_error=_last_error(hub, spec.name, capture), snapshot_url=snapshot)
-
-
-def _last_error(hub: PipelineHub, name: str, capture) -> Optional[str]:
-    """Why the source is down, kept until it is live again (also while it is idle, no viewer)."""
-    if capture is not None and capture.state == "live":
-        hub.last_errors.pop(name, None)  # it recovered
-        return None
-    error = (capture.last_error if capture is not None else None) or hub.last_errors.get(name)
-    return redact(error) if error else None
+        last_error=redact(error) if (error := hub.source_error(spec.name)) else None, snapshot_url=snapshot)
 
 
 def _persons(services: Services, pipeline) -> Optional[int]:

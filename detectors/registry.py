@@ -42,6 +42,15 @@ class ModelEntry:
         return list(getattr(self.instance, "labels", []) or [])
 
 
+def _why_not(model_path: Optional[Path]) -> Optional[str]:
+    """Why the `yolo` model cannot load, known without loading it (None: it may)."""
+    if model_path is None:
+        return NEEDS_MODEL_PATH
+    if not model_path.is_file():  # a plain sentence, not onnxruntime's NO_SUCHFILE text
+        return f"MODEL_PATH {model_path.name!r} was not found"
+    return None
+
+
 class ModelRegistry:
     def __init__(self, threshold: float, model_path: Optional[Path] = None,
                  labels_path: Optional[Path] = None, threads: int = 1) -> None:
@@ -50,7 +59,7 @@ class ModelRegistry:
         self.register("edges", "filter", Edges)
         self.register("person", "detector", lambda: _person(threshold, threads))
         self.register("yolo", "detector", lambda: _yolo(model_path, labels_path, threshold, threads),
-                      unavailable=None if model_path is not None else NEEDS_MODEL_PATH)
+                      unavailable=_why_not(model_path))
 
     def register(self, name: str, type_: str, factory: Callable[[], Processor],
                  unavailable: Optional[str] = None) -> None:

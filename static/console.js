@@ -259,8 +259,17 @@ function showDetections(message) {
     (d) => el("li", `${d.label} ${d.score.toFixed(2)} [${d.box.join(", ")}]`)));
 }
 
+let liveGeneration = 0; // each openLive and stopLive begins a new one: a late await finds it changed
+
+function liveErrorText(e) {
+  if (e.code === "server_full") return "The server is full right now; close this view and try again in a moment.";
+  if (e.code === "subject_limit") return "You already hold as many live sessions as you may; close one first.";
+  return e.message;
+}
+
 async function openLive(name) {
   stopLive();
+  const generation = liveGeneration;
   vgc.live = { source: name, status: "idle", frameId: null, messages: 0, sessionId: null };
   $("live-title").textContent = name;
   $("live-detections").replaceChildren();
@@ -274,6 +283,7 @@ async function openLive(name) {
   let peer = null;
   try {
     const ice = await api("/api/ice-servers", {}, token);
+    if (generation !== liveGeneration) return; // closed, or another tile opened, while we waited
     peer = livePeer = new RTCPeerConnection({ iceServers: ice.iceServers });
     peer.addTransceiver("video", { direction: "recvonly" });
     const channel = peer.createDataChannel("detections");
@@ -304,9 +314,9 @@ async function openLive(name) {
     vgc.live.sessionId = answer.session_id;
     await peer.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
   } catch (e) {
-    if (peer !== livePeer) return;
+    if (generation !== liveGeneration || (peer !== null && peer !== livePeer)) return;
     setLiveStatus("error");
-    showLiveError(e.status === 503 ? `The server is full: ${e.message}` : e.message);
+    showLiveError(liveErrorText(e));
     if (e.status === 401 || e.status === 403) failed("Live view", e);
   }
 }
@@ -319,6 +329,7 @@ function endSession(session) {
 // End the live session (the dialog stays as it is): DELETE it first, then close the peer (its
 // close would end the session too, and the DELETE would find nothing).
 function stopLive() {
+  liveGeneration += 1;
   const session = liveSession, old = livePeer;
   liveSession = null;
   livePeer = null;

@@ -254,3 +254,26 @@ async def test_console_asks_for_a_token_and_hides_what_the_scope_does_not_allow(
                 auth = (await r.all_headers()).get("authorization", "")
                 assert auth in ("", f"Bearer {forged}", f"Bearer {viewer}", f"Bearer {admin}"), (r.url, auth)
         await page.close()
+
+
+async def test_closing_the_live_view_while_it_sets_up_leaves_no_session(browser):  # noqa: F811
+    """Close (or open another tile) while the live view is still asking for ICE servers: no peer
+    connection is made behind the closed dialog and no session is left on the server."""
+    async with running_server() as (url, svc):
+        page = await browser.new_page()
+        await page.set_viewport_size(VIEWPORT)
+
+        async def slow(route):  # widen the window between the click and the offer
+            await asyncio.sleep(1.0)
+            await route.continue_()
+        await page.route("**/api/ice-servers", slow)
+        await page.goto(url + "/console")
+        await page.wait_for_selector(".tile")
+        await page.click(".tile")
+        await page.wait_for_timeout(200)
+        await page.click("#live-close")
+        await page.wait_for_timeout(3000)  # the ICE servers came meanwhile
+        assert not await page.evaluate("document.getElementById('live').open")
+        assert await page.evaluate("window.vgc.peer() === null")
+        assert not svc.sessions.sessions and not svc.sessions.peer_connections
+        await page.close()

@@ -126,6 +126,10 @@ def test_registry_states_and_load_errors(tmp_path):
     assert {m["name"]: m["error"] for m in reg.info()}["yolo"] == "needs MODEL_PATH"
     with pytest.raises(ModelLoadError, match="MODEL_PATH"):
         reg.load("yolo")
+    # a MODEL_PATH that is not there: said at once, in plain words (not onnxruntime's NO_SUCHFILE)
+    missing = ModelRegistry(threshold=0.5, model_path=tmp_path / "nope.onnx")
+    yolo = {m["name"]: m for m in missing.info()}["yolo"]
+    assert yolo["state"] == "error" and yolo["error"] == "MODEL_PATH 'nope.onnx' was not found"
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
     broken = ModelRegistry(threshold=0.5, model_path=bad)
