@@ -717,3 +717,11 @@ if (storedToken()) {
 loadChoices().then(() => { sourcesTimer = setTimeout(refreshSources, SOURCES_IDLE_MS); });
 loadEvents();
 loadRecordings();
+
+// Leaving the page: end the session now rather than at the server's inactivity timeout.
+window.addEventListener("pagehide", () => {
+  if (vg.sessionId) {
+    fetch("/api/session/" + vg.sessionId, withToken({ method: "DELETE", keepalive: true }, sessionToken))
+      .catch(() => {});
+  }
+});
