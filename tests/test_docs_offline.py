@@ -5,19 +5,14 @@ OpenAPI spec carries one named example per code it can send."""
 from __future__ import annotations
 
 import ast
-import os
 import re
 
 import httpx
-import pytest
 
 from api.tokens import mint_token
 from conftest import ROOT, TEST_ENV, build_test_app, running_server
+from test_browser import ARTIFACTS, browser  # noqa: F401 (a fixture)
 
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 SECRET = "a-test-secret-that-is-long-enough-0123456789"
 REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"  # hard-coded in redoc.standalone.js
 
@@ -88,25 +83,10 @@ async def test_docs_pages_and_assets_are_served_here_and_open():
         assert (await http.get("/openapi.json")).json()["info"]["title"] == "VisionGuard"
 
 
-@pytest.fixture
-async def browser():
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI") == "true":
-            pytest.fail("Chromium is missing (scripts/system-deps.sh installs it)")
-        pytest.skip("Chromium is missing: apt-get install chromium")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        chromium = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        context = await chromium.new_context(viewport={"width": 1280, "height": 1000})
-        yield context
-        await context.close()
-        await chromium.close()
-
-
-async def offline_page(browser, base: str):
+async def offline_page(browser, base: str):  # noqa: F811
     """A page whose every request off this server is aborted (and noted in the list returned)."""
     page, blocked = await browser.new_page(), []
+    await page.set_viewport_size({"width": 1280, "height": 1000})
 
     async def route(r):
         url = r.request.url
@@ -120,7 +100,7 @@ async def offline_page(browser, base: str):
     return page, blocked
 
 
-async def test_docs_work_offline_and_try_it_out_sends_the_bearer_token(browser):
+async def test_docs_work_offline_and_try_it_out_sends_the_bearer_token(browser):  # noqa: F811
     async with running_server(AUTH_MODE="jwt", JWT_SECRET=SECRET) as (url, services):
         page, blocked = await offline_page(browser, url)
         await page.goto(url + "/docs")
