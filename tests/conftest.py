@@ -113,7 +113,30 @@ async def running_server(port: int = 0, log_level: str = "warning", http: str = 
         yield f"http://127.0.0.1:{port}", app.state.services
     finally:
         server.should_exit = True
-        await asyncio.wait_for(task, 30)
+        done, _ = await asyncio.wait({task}, timeout=30)
+        if not done:  # say what holds the shutdown (uvicorn waits for open responses) before failing
+            held = _shutdown_holders(server)
+            server.force_exit = True
+            await asyncio.wait({task}, timeout=10)
+            raise AssertionError(f"the server did not shut down within 30 s; still open: {held}")
+        task.result()
+
+
+def _shutdown_holders(server) -> str:
+    """The HTTP requests a stuck shutdown waits for: each connection's request and its task's stack."""
+    import io
+
+    out = []
+    for protocol in list(server.server_state.connections):
+        cycle = getattr(protocol, "cycle", None)
+        scope = getattr(cycle, "scope", None) or {}
+        out.append(f"{scope.get('method')} {scope.get('path')} (response complete: "
+                   f"{getattr(cycle, 'response_complete', None)})")
+    for task in list(server.server_state.tasks):
+        stack = io.StringIO()
+        task.print_stack(limit=8, file=stack)
+        out.append(stack.getvalue()[-1500:])
+    return "; ".join(out) or "nothing (lifespan shutdown?)"
 
 
 @pytest.fixture
