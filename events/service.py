@@ -36,6 +36,9 @@ log = logging.getLogger("visionguard.events")
 CHECK_INTERVAL_S = 0.25  # how often open visits are checked against the hold time
 JPEG_QUALITY = 85
 BATCH = 256  # events written to the file in one go, at most (a burst)
+#: events waiting to be made that still hold their frame (~1 MB each); beyond it, an event is made
+#: without its snapshot: a disk that hangs must not make the queue of frames grow
+MAX_PENDING_IMAGES = 32
 
 
 class Subscriber:
@@ -90,6 +93,8 @@ class EventService:
         self._jobs: asyncio.Queue[Optional[_Job]] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._stopped = False
+        self.pending_images = 0
+        self.snapshots_skipped = 0  # events made without a snapshot because too many frames waited
         #: awaited before each event is made: (source, type, visit_id, pipeline) -> recording id
         #: or None (event recordings: RECORD_EVENTS); it never stops an event from being made
         self.visit_hook: Optional[Callable[[str, str, Optional[str], Any], Awaitable[Optional[str]]]] = None
@@ -184,6 +189,12 @@ class EventService:
         if self._stopped:
             return None
         future = asyncio.get_running_loop().create_future()
+        if image is not None:
+            if self.pending_images >= MAX_PENDING_IMAGES:
+                image = None
+                self.snapshots_skipped += 1
+            else:
+                self.pending_images += 1
         self._jobs.put_nowait(_Job(source, type_, count, image, visit_id, time.time(), future, pipeline))
         return future
 
@@ -227,7 +238,11 @@ class EventService:
     async def _make(self, job: _Job) -> tuple[dict, list[dict]]:
         snapshot_id = None
         if job.image is not None:
-            jpeg = await asyncio.to_thread(encode_jpeg, job.image)
+            try:
+                jpeg = await asyncio.to_thread(encode_jpeg, job.image)
+            finally:
+                job.image = None  # the frame is let go of here
+                self.pending_images -= 1
             if jpeg is not None:
                 snapshot_id = uuid.uuid4().hex[:16]
                 if not await asyncio.to_thread(self.store.write_snapshot, snapshot_id, jpeg):
@@ -291,4 +306,5 @@ class EventService:
 
     def stats(self) -> dict:
         return {**self.store.stats(), "subscribers": len(self.subscribers), "overflows": self.overflows,
+                "snapshots_skipped": self.snapshots_skipped,
                 "followed": sorted(self._followed)}

@@ -112,7 +112,9 @@ def describe(exc: BaseException) -> str:
     """A write error as a sentence: 'No space left on device', 'File too large', ..."""
     if isinstance(exc, OSError) and exc.errno is not None:
         return exc.strerror or os.strerror(exc.errno)
-    return f"{type(exc).__name__}: {exc}"
+    # av.FFmpegError's text names the file (a server path): its strerror alone, never the path
+    strerror = getattr(exc, "strerror", None)
+    return strerror if isinstance(strerror, str) and strerror else "the video could not be written (see the log)"
 
 
 def probe(path: Path) -> tuple[float, int]:

@@ -164,7 +164,7 @@ class Recorder:
         except Exception as exc:  # OSError (ENOSPC, EFBIG, ...), av.FFmpegError: this recording ends
             self.error = f"Cannot write the recording: {describe(exc)}"
             self.current.state, self.current.error = "failed", self.error
-            log.error("recording %s (%s) failed: %s", self.current.recording_id, self.source, self.error)
+            log.error("recording %s (%s) failed: %s (%r)", self.current.recording_id, self.source, self.error, exc)
             return False
 
     def _open(self, info: RecordingInfo) -> Mp4File:

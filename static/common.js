@@ -96,6 +96,26 @@
     });
   }
 
+  // The live person events at `url` (a stream_url), resuming after `lastId` when it is not null.
+  // `on.show(event)` per event, `on.reset()` when the server's ids began again (it keeps no
+  // EVENTS_FILE), `on.state(text)`, and `on.closed(source)` when a refused reconnect closed it
+  // (its signed URL expired): then ask for a fresh URL and resume from the last event shown.
+  // EventSource reconnects by itself (with Last-Event-ID) otherwise.
+  function openEventStream(url, lastId, on) {
+    if (lastId !== null) url += (url.includes("?") ? "&" : "?") + "last_event_id=" + lastId;
+    const source = new EventSource(url);
+    for (const type of ["person_seen", "person_gone"]) {
+      source.addEventListener(type, (m) => on.show(JSON.parse(m.data)));
+    }
+    source.addEventListener("reset", () => on.reset());
+    source.onopen = () => on.state("live");
+    source.onerror = () => {
+      on.state("reconnecting");
+      if (source.readyState === EventSource.CLOSED) on.closed(source);
+    };
+    return source;
+  }
+
   window.VG = { TOKEN_KEY, storedToken, keepToken, withToken, api, tokenScopes, el, formatBytes, formatDuration,
-    iceGathered };
+    iceGathered, openEventStream };
 })();

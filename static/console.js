@@ -413,26 +413,16 @@ async function loadEvents() {
     const body = await api(`/api/events?limit=${EVENTS_SHOWN}${since}`);
     noticeSigned(body.stream_url);
     body.events.slice().reverse().forEach(showEvent); // oldest first: the newest ends on top
-    let url = body.stream_url;
-    if (vgc.lastEventId !== null) url += (url.includes("?") ? "&" : "?") + "last_event_id=" + vgc.lastEventId;
-    const source = (eventSource = new EventSource(url));
-    for (const type of ["person_seen", "person_gone"]) {
-      source.addEventListener(type, (m) => showEvent(JSON.parse(m.data)));
-    }
-    source.addEventListener("reset", () => { // the server's ids began again (it keeps no EVENTS_FILE)
-      vgc.lastEventId = null;
-      $("events").replaceChildren();
-    });
-    source.onopen = () => { $("events-state").textContent = "live"; };
-    source.onerror = () => {
-      // EventSource reconnects by itself; a refused reconnect (the signed URL expired) closes
-      // it: ask for a fresh URL and resume from the last event shown.
-      $("events-state").textContent = "reconnecting";
-      if (source.readyState === EventSource.CLOSED && eventSource === source) {
+    eventSource = VG.openEventStream(body.stream_url, vgc.lastEventId, {
+      show: showEvent,
+      reset: () => { vgc.lastEventId = null; $("events").replaceChildren(); },
+      state: (text) => { $("events-state").textContent = text; },
+      closed: (source) => {
+        if (eventSource !== source) return;
         eventSource = null;
         eventRetry = setTimeout(loadEvents, 3000);
-      }
-    };
+      },
+    });
   } catch (e) {
     $("events-state").textContent = e.status === 401 || e.status === 403 ? "needs a token" : "unavailable";
     if (e.status === 401 || e.status === 403) failed("Events", e);

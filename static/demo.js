@@ -529,26 +529,16 @@ async function loadEvents() {
     const since = vg.lastEventId !== null ? `&since=${vg.lastEventId}` : "";
     const body = await api(`/api/events?limit=${EVENTS_SHOWN}${since}`);
     body.events.slice().reverse().forEach(showEvent); // oldest first: the newest ends on top
-    let url = body.stream_url;
-    if (vg.lastEventId !== null) url += (url.includes("?") ? "&" : "?") + "last_event_id=" + vg.lastEventId;
-    const source = (eventSource = new EventSource(url));
-    for (const type of ["person_seen", "person_gone"]) {
-      source.addEventListener(type, (m) => showEvent(JSON.parse(m.data)));
-    }
-    source.addEventListener("reset", () => { // the server's ids began again (it keeps no EVENTS_FILE)
-      vg.lastEventId = null;
-      $("events").replaceChildren();
-    });
-    source.onopen = () => { $("events-state").textContent = "live"; };
-    source.onerror = () => {
-      // EventSource reconnects by itself (with Last-Event-ID); a refused reconnect (the signed
-      // URL expired) closes it: ask for a fresh URL and resume from the last event shown.
-      $("events-state").textContent = "reconnecting";
-      if (source.readyState === EventSource.CLOSED && eventSource === source) {
+    eventSource = VG.openEventStream(body.stream_url, vg.lastEventId, {
+      show: showEvent,
+      reset: () => { vg.lastEventId = null; $("events").replaceChildren(); },
+      state: (text) => { $("events-state").textContent = text; },
+      closed: (source) => {
+        if (eventSource !== source) return;
         eventSource = null;
         eventRetry = setTimeout(loadEvents, 3000);
-      }
-    };
+      },
+    });
   } catch (e) {
     $("events-state").textContent = e.status === 401 || e.status === 403 ? "needs a token" : "unavailable";
   }
@@ -565,16 +555,6 @@ let recordingsDenied = false; // 401/403: wait for Connect (a new token) before 
 const recordingSince = {}; // source → start (ms since the epoch) of its recording in progress
 vg.recordings = [];
 vg.recordingsLoads = 0;
-
-function formatBytes(n) {
-  return n >= 1024 * 1024 ? (n / (1024 * 1024)).toFixed(1) + " MB" : Math.ceil(n / 1024) + " KB";
-}
-
-function formatDuration(s) {
-  if (s < 60) return s.toFixed(1) + " s";
-  const m = Math.floor(s / 60);
-  return `${m}:${String(Math.floor(s % 60)).padStart(2, "0")}`;
-}
 
 function showRecordButton() {
   const button = $("record");
@@ -607,8 +587,8 @@ function recordingRow(r) {
   const tr = document.createElement("tr");
   tr.dataset.id = r.recording_id;
   tr.dataset.state = r.state;
-  const cells = [r.source, new Date(r.started_at).toLocaleString(), formatDuration(r.duration_s),
-    formatBytes(r.bytes), r.state === "failed" && r.error ? `failed: ${r.error}` : r.state];
+  const cells = [r.source, new Date(r.started_at).toLocaleString(), VG.formatDuration(r.duration_s),
+    VG.formatBytes(r.bytes), r.state === "failed" && r.error ? `failed: ${r.error}` : r.state];
   for (const text of cells) {
     const td = document.createElement("td");
     td.textContent = text;

@@ -446,3 +446,19 @@ def test_a_changed_uvicorn_stops_start_up_with_one_line(monkeypatch):
     message = str(stopped.value.code)
     assert len(message.splitlines()) == 1
     assert "RequestResponseCycle.send" in message and "uvicorn==0.54.0" in message
+
+
+async def test_frames_waiting_for_their_event_are_bounded(tmp_path):
+    """While events wait to be made (a slow disk), at most MAX_PENDING_IMAGES of them hold their
+    frame; the rest are made without a snapshot, never a growing heap of frames."""
+    from events.service import MAX_PENDING_IMAGES, EventService
+
+    service = EventService(EventStore(100, tmp_path / "ev.jsonl"), 1.0, 10)  # not started: nothing is made yet
+    image = np.zeros((480, 640, 3), np.uint8)
+    for _ in range(MAX_PENDING_IMAGES + 8):
+        service.submit("lobby", "person_seen", 1, image)
+    assert service.pending_images == MAX_PENDING_IMAGES and service.snapshots_skipped == 8
+    await service.start()  # now they are made: every frame is let go of
+    await service.stop()
+    assert service.pending_images == 0 and len(service.store.events) == MAX_PENDING_IMAGES + 8
+    assert sum(1 for e in service.store.events if e["snapshot_id"]) == MAX_PENDING_IMAGES
