@@ -199,11 +199,16 @@ async def test_console_grid_live_view_events_and_recordings(browser, vtest, rtsp
     assert errors == [], errors
 
 
-async def test_console_asks_for_a_token_and_hides_what_the_scope_does_not_allow(browser):  # noqa: F811
+async def test_console_asks_for_a_token_and_hides_what_the_scope_does_not_allow(browser, tmp_path):  # noqa: F811
     viewer = mint_token(SECRET, "carol", "view", 600)
     admin = mint_token(SECRET, "dave", "admin", 600)
     forged = mint_token("not-the-server-secret-" + "x" * 32, "carol", "view", 600)
-    async with running_server(AUTH_MODE="jwt", JWT_SECRET=SECRET) as (url, svc):
+    async with running_server(AUTH_MODE="jwt", JWT_SECRET=SECRET, RECORDINGS_DIR=tmp_path,
+                              SOURCES={"other": "synthetic"}) as (url, svc):
+        for name in ("default", "other"):  # one finished recording of each source, for the panel
+            await svc.recordings.start_source(name)
+            await asyncio.sleep(1.0)
+            await svc.recordings.stop_source(name)
         page = await browser.new_page()
         await page.set_viewport_size(VIEWPORT)
         requests = []
@@ -236,6 +241,11 @@ async def test_console_asks_for_a_token_and_hides_what_the_scope_does_not_allow(
         await page.wait_for_function(f"{_grid_state('default')} === 'live'", timeout=3000)
         assert await page.text_content("#auth-reason") == "" and await page.is_hidden("#error")
         assert await page.is_hidden("#rec-toggle")
+        # the recordings are there to play, their Delete is not (hidden, not broken)
+        await page.wait_for_function("document.querySelectorAll('#recordings tbody tr').length === 2", timeout=30000)
+        assert await page.evaluate("[...document.querySelectorAll('#recordings .delete')]"
+                                   ".every(b => getComputedStyle(b).display === 'none')")
+        assert await page.evaluate("document.querySelectorAll('#recordings .delete').length") == 2
         assert "view" in await page.text_content("#auth-scope")
         src = await page.get_attribute('.tile[data-source="default"] img', "src")
         assert "sig=" in src and "sub=carol" in src
@@ -247,6 +257,12 @@ async def test_console_asks_for_a_token_and_hides_what_the_scope_does_not_allow(
         await page.click("#sign-in")
         await page.wait_for_function("getComputedStyle(document.getElementById('rec-toggle')).display !== 'none'",
                                      timeout=10000)
+        assert await page.evaluate("[...document.querySelectorAll('#recordings .delete')]"
+                                   ".every(b => getComputedStyle(b).display !== 'none')")
+        # the list per source
+        await page.select_option("#rec-source", "other")
+        await page.wait_for_function("[...document.querySelectorAll('#recordings tbody tr')]"
+                                     ".map(r => r.dataset.source).join() === 'other'", timeout=30000)
         # never in a URL; every API call carries it in the header (media go on signed URLs)
         assert not [r.url for r in requests if viewer in r.url or admin in r.url or forged in r.url]
         for r in requests:
