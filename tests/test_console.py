@@ -235,7 +235,7 @@ async def test_console_asks_for_a_token_and_hides_what_the_scope_does_not_allow(
         # a `view` token: the grid, pictures through signed URLs, no admin actions
         await page.fill("#token", viewer)
         await page.click("#sign-in")
-        await page.wait_for_function("document.querySelectorAll('.tile.pictured').length === 1", timeout=20000)
+        await page.wait_for_function("document.querySelectorAll('.tile.pictured').length === 2", timeout=30000)
         await page.wait_for_function("window.vgc.recordingsLoads > 0 && window.vgc.authOn")
         # the snapshot started the source: its state follows at once, not a refresh later
         await page.wait_for_function(f"{_grid_state('default')} === 'live'", timeout=3000)
