@@ -8,6 +8,7 @@ A wrong value stops start-up with one line naming the setting (see `load_setting
 from __future__ import annotations
 
 import errno
+import os
 import ipaddress
 import re
 import socket
@@ -140,10 +141,32 @@ class Settings(BaseSettings):
     RECORD_PRE_S: float = Field(5.0, ge=0, le=60)
     RECORD_POST_S: float = Field(5.0, ge=0, le=600)
 
+    # Cluster (doc/CLUSTER.md): unset REDIS_URL = one process, everything in its memory
+    REDIS_URL: Optional[str] = None  # e.g. redis://127.0.0.1:6379/0 (password in the URL is a secret)
+    NODE_ID: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", min_length=1,
+                         max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")  # names this worker in the cluster
+    SESSION_TTL_S: float = Field(15.0, ge=2, le=600)  # a dead worker's sessions and leases leave Redis within it
+    WORKERS: int = Field(1, ge=1, le=64)  # `python main.py` starts this many worker processes (needs REDIS_URL)
+    # where other nodes send a client for a recording stored on this node (e.g. http://10.0.0.5:8000)
+    NODE_URL: Optional[str] = None
+
     # What a client may make the server decode (camera mode), checked on encoded frames
     CAMERA_MAX_WIDTH: int = Field(1920, ge=16, le=16384)
     CAMERA_MAX_HEIGHT: int = Field(1080, ge=16, le=16384)
     CAMERA_MAX_FPS: float = Field(60.0, gt=0, le=240)
+
+    @field_validator("REDIS_URL", "NODE_URL", mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _workers_need_redis(self) -> "Settings":
+        if self.WORKERS > 1 and not self.REDIS_URL:
+            raise ValueError("WORKERS above 1 needs REDIS_URL (workers share sessions and sources through Redis)")
+        if self.REDIS_URL and not self.REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        return self
 
     @field_validator("EVENTS_FILE", mode="before")
     @classmethod
@@ -225,13 +248,20 @@ class Settings(BaseSettings):
         return [s for s in self.STUN_SERVERS if isinstance(s, IceServer)] + list(self.TURN_SERVERS)
 
     @property
+    def node_id(self) -> str:
+        """This worker's name: NODE_ID, made unique per process when one NODE_ID starts several workers."""
+        if self.WORKERS > 1 and "NODE_ID" in self.model_fields_set:
+            return f"{self.NODE_ID}-{os.getpid()}"
+        return self.NODE_ID
+
+    @property
     def media_dir(self) -> Path:
         return self.MEDIA_DIR.resolve()
 
     def secret_values(self) -> list[str]:
         """Every secret set here, for `core.redact.register_secrets`: the JWT, TURN and signing keys,
         ICE server credentials, and each source URL's password and credential query values."""
-        values = [self.JWT_SECRET, self.TURN_SECRET, self.SIGNING_KEY]
+        values = [self.JWT_SECRET, self.TURN_SECRET, self.SIGNING_KEY, *url_secrets(self.REDIS_URL or "")]
         values += [s.credential for s in self.ice_servers]
         for url in [self.VIDEO_FILE_PATH, *(c.url for c in self.SOURCES.values())]:
             values += url_secrets(url)

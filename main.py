@@ -32,7 +32,7 @@ from api.events import router as events_router
 from api.health import problems as health_problems
 from api.metrics import CountOffers, install_collector
 from api.metrics import router as metrics_router
-from api.middleware import BodySizeLimit
+from api.middleware import BodySizeLimit, NodeHeader
 from api.recording_control import RecordingControl
 from api.recordings import router as recordings_router
 from api.tokens import KeyFileError, TokenVerifier, UrlSigner
@@ -164,6 +164,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.include_router(events_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_root_routes(app)
+    app.add_middleware(NodeHeader, node_id=settings.node_id)  # on every answer, errors and 413s too
     add_connection_extensions(app)  # outermost: the event stream can abort a connection
     return app
 

@@ -42,3 +42,22 @@ class BodySizeLimit:
     async def _too_large(self, send) -> None:
         body = error_body(413, f"Request body is larger than {self.max_bytes} bytes.")
         await JSONResponse(body, status_code=413)({"type": "http"}, None, send)
+
+
+class NodeHeader:
+    """Every HTTP answer says which worker gave it: `X-VisionGuard-Node: <NODE_ID>` (doc/CLUSTER.md)."""
+
+    def __init__(self, app, node_id: str) -> None:
+        self.app = app
+        self.header = (b"x-visionguard-node", node_id.encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_node(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_node)

@@ -11,6 +11,8 @@ PACKAGES=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
   # the TURN server the relay tests start on loopback (`turnserver`, REST-API auth)
   coturn
+  # the Redis server the cluster tests start on loopback (REDIS_URL)
+  redis-server
 )
 
 missing=()
@@ -27,6 +29,10 @@ if $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get inst
   # server on every interface) is not wanted on a development machine.
   if [[ " ${missing[*]} " == *" coturn "* ]] && command -v systemctl >/dev/null 2>&1; then
     $SUDO systemctl disable --now coturn >/dev/null 2>&1 || true
+  fi
+  # Likewise the tests start their own redis-server on a free port.
+  if [[ " ${missing[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
   fi
   exit 0
 fi

@@ -259,6 +259,24 @@ def _gst_rtsp_available() -> bool:
 
 
 @pytest.fixture
+def redis_server():
+    """A real redis-server on a free loopback port (Debian's; scripts/system-deps.sh installs it)."""
+    import os
+
+    from redis_server import RedisServer, available
+
+    if not available():
+        message = "redis-server is missing (scripts/system-deps.sh installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def rtsp_server():
     import os
 
