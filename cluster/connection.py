@@ -1,0 +1,36 @@
+"""One redis-py asyncio client per worker, with short timeouts: a Redis that is down must turn
+into a quick `ClusterDown` (503 `cluster_unavailable`), never a request that hangs."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+#: what redis-py raises when the server cannot be reached or does not answer in time
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+COMMAND_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = 1.0
+
+
+class ClusterDown(Exception):
+    """Redis cannot be reached: nothing cluster-wide can be decided now."""
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A client for `url` (connections are made on first use, and made again after Redis returns)."""
+    return aioredis.Redis.from_url(
+        url, decode_responses=True, socket_timeout=COMMAND_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S,
+        health_check_interval=10, retry_on_timeout=False)
+
+
+@asynccontextmanager
+async def guarded():
+    """Turn redis-py's connection and timeout errors into `ClusterDown`."""
+    try:
+        yield
+    except UNREACHABLE as exc:
+        raise ClusterDown(f"Redis is unreachable ({type(exc).__name__})") from None
