@@ -129,6 +129,17 @@ class PipelineHub:
         pipeline.held += 1
         return pipeline
 
+    def held(self, source: str) -> bool:
+        """Some pipeline of `source` is kept running by `hold`."""
+        return any(p.held > 0 for p in self.pipelines_for(source))
+
+    async def unhold(self, source: str) -> None:
+        """Undo `hold` for `source` (its lease went to another node of the cluster)."""
+        for pipeline in self.pipelines_for(source):
+            while pipeline.held > 0:
+                pipeline.held -= 1
+                await self.release(pipeline)
+
     def _opener(self, spec: SourceSpec) -> Callable[[], FrameSource]:
         return lambda: open_source(spec, self.width, self.height, self.fps, self.open_timeout, self.read_timeout)
 

@@ -25,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.access import router as access_router
 from api.auth import AUTH_ERRORS, AdminDep
 from api.banner import print_banner
+from api.catalog import cluster_handlers as catalog_handlers
 from api.catalog import router as catalog_router
+from api.cluster import ClusterService
 from api.deps import Services, ServicesDep
 from api.errors import error_responses, install_error_handlers
 from api.events import router as events_router
@@ -34,6 +36,7 @@ from api.metrics import CountOffers, install_collector
 from api.metrics import router as metrics_router
 from api.middleware import BodySizeLimit, NodeHeader
 from api.recording_control import RecordingControl
+from api.recordings import cluster_handlers as recording_handlers
 from api.recordings import router as recordings_router
 from api.tokens import KeyFileError, TokenVerifier, UrlSigner
 from compat.aiortc import self_check
@@ -49,6 +52,7 @@ from detectors import ModelLoadError, ModelRegistry
 from events import EventService, EventStore
 from hub import PipelineHub
 from pipeline.encoders import EncodeSettings
+from signaling import cluster_handlers as signaling_handlers
 from signaling import router
 from sources.spec import SourceSpec, default_source, display_name, parse_source
 from webrtc.ice import check_host_addresses, restrict_host_addresses
@@ -93,6 +97,7 @@ class HealthResponse(BaseModel):
     source: SourceStatus = Field(description="The active default source")
     problems: list[str] = Field(description="What makes the service degraded (empty when healthy)")
     active_sessions: int
+    cluster: Optional[dict] = Field(None, description='With REDIS_URL: `{redis: "ok"|"down", node_id, workers}`')
 
 
 class InfoResponse(BaseModel):
@@ -129,7 +134,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         services.loop_lag.start()
         services.sessions.start()
         await services.events.start()  # reloads EVENTS_FILE; follows pipelines from here
-        await start_always_on(services)
+        await services.cluster.start()  # REDIS_URL: joins the cluster (Redis may be down: it keeps trying)
+        await services.cluster.claim_always_on()  # (in a cluster, those no other node runs)
         await services.recordings.start()  # after always_on: `record: true` sources are recorded
         # on the uvicorn server running this app, however it was started (doc/SECURITY.md)
         connections = limit_connections(settings.HEADER_TIMEOUT_S, settings.MAX_CONNECTIONS_PER_IP)
@@ -139,6 +145,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         await services.events.stop()  # open visits end (person_gone), pending writes done
         await services.recordings.close()  # each file closed `done`, before the pipelines stop
         await asyncio.to_thread(services.hub.stop_all)
+        await services.cluster.stop()  # leases given back once every source here is closed
         await services.loop_lag.stop()
         connections.uninstall()
         log.info("shut down: every session closed, every pipeline stopped")
@@ -201,6 +208,10 @@ def build_services(settings: Settings) -> Services:
                         signer=UrlSigner(settings.SIGNING_KEY.encode() if settings.SIGNING_KEY else None,
                                          settings.SIGNED_URL_TTL_S))
     services.recordings = RecordingControl(services)
+    services.cluster = ClusterService(services)
+    for handlers in (signaling_handlers(services), catalog_handlers(services), recording_handlers(services)):
+        for method, handler in handlers.items():
+            services.cluster.serve(method, handler)
     install_collector(services)
     return services
 
@@ -223,15 +234,6 @@ def configured_sources(settings: Settings) -> dict[str, SourceSpec]:
         except ValueError as exc:
             raise InvalidSettings(f"Invalid setting SOURCES: {exc}") from None
     return sources
-
-
-async def start_always_on(services: Services) -> None:
-    """Sources with `always_on` run from start-up, with or without viewers."""
-    for spec in services.sources.values():
-        if spec.always_on:
-            entry, notice = await asyncio.to_thread(services.models.load_or_fallback,
-                                                    spec.model or services.settings.DEFAULT_MODEL)
-            services.hub.hold(spec, entry, notice)
 
 
 async def load_default_model(services: Services) -> None:
@@ -277,13 +279,15 @@ def _add_root_routes(app: FastAPI) -> None:
         """Always 200 while the process runs: read `status`. `degraded` lists its `problems`: a
         source down, a pipeline stage failing on every frame, an encoder that keeps failing, a
         thread the watchdog keeps restarting, event-loop lag p99 over 250 ms in the last minute,
-        or a start-up fallback (missing video file, default model that did not load)."""
+        a start-up fallback (missing video file, default model that did not load), or (with
+        REDIS_URL) Redis unreachable."""
         spec = services.sources["default"]
         problems = health_problems(services)
         return HealthResponse(
             status="degraded" if problems else "healthy", service=APP_NAME, version=APP_VERSION,
             video_available=_video_available(services.hub, spec), source=public(_source_status(spec).model_dump()),
-            problems=public(problems), active_sessions=len(services.sessions.sessions))
+            problems=public(problems), active_sessions=len(services.sessions.sessions),
+            cluster=services.cluster.health())
 
     @app.get("/info", response_model=InfoResponse, tags=["service"], summary="Service configuration and counters",
              responses=error_responses({**AUTH_ERRORS, 403: "The token lacks the `admin` scope"}))

@@ -16,15 +16,19 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import ViewerDep
-from api.deps import HubDep, ServicesDep, SessionsDep
+from api.deps import Services, ServicesDep, SessionsDep
 from api.errors import ApiError, error_responses
+from api.cluster import session_meta, unavailable
 from api.offers import choose_model, choose_source
+from cluster.connection import ClusterDown
 from webrtc.answer import CameraLimits, NegotiationError, answer_offer
 from webrtc.sdp import OfferError, check_offer
 from webrtc.turn import server_configuration
 from webrtc.sessions import Session
 
 log = logging.getLogger("visionguard.signaling")
+
+MAX_HOPS = 2  # an offer handed on at most twice (a source that changed hands while it travelled)
 
 router = APIRouter(prefix="/api", tags=["WebRTC signaling"])
 
@@ -119,8 +123,10 @@ OFFER_ERRORS = {
     422: "Body schema error, or the video file cannot be decoded (code `undecodable_media`)",
     401: "No valid bearer token (AUTH_MODE=jwt; code `invalid_token`)",
     403: "The token lacks the `view` scope (code `insufficient_scope`)",
-    503: "Server full (MAX_SESSIONS; code `server_full`), or this subject's share (MAX_SESSIONS_PER_SUBJECT; "
-         "code `subject_limit`) is used up; see Retry-After",
+    503: "Server full (MAX_SESSIONS, cluster-wide; code `server_full`), or this subject's share "
+         "(MAX_SESSIONS_PER_SUBJECT; code `subject_limit`) is used up, or Redis / the source's owner node cannot "
+         "be reached (code `cluster_unavailable`); see Retry-After",
+    504: "The node running the source did not answer in time (code `cluster_timeout`)",
 }
 AUTH_ERRORS = {401: OFFER_ERRORS[401], 403: OFFER_ERRORS[403]}
 UNKNOWN_SESSION = {404: "Unknown session, or another subject's without `admin` (code `not_found`)", **AUTH_ERRORS}
@@ -129,7 +135,7 @@ UNKNOWN_SESSION = {404: "Unknown session, or another subject's without `admin` (
 # -- routes ---------------------------------------------------------------------
 @router.post("/offer", response_model=OfferResponse, summary="Exchange an SDP offer for an answer",
              responses=error_responses(OFFER_ERRORS))
-async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions: SessionsDep,
+async def offer(body: OfferRequest, services: ServicesDep, sessions: SessionsDep,
                 caller: ViewerDep) -> OfferResponse:
     """Send the browser's offer, get the server's answer and a `session_id`.
 
@@ -147,22 +153,35 @@ async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions
         mode = check_offer(body.sdp)
     except OfferError as exc:
         raise ApiError(400, str(exc), "bad_offer") from None
-    if mode == "camera":
-        if body.source is not None or body.video_path is not None:
-            raise ApiError(400, "Camera mode (the offer sends video) takes no source or video_path.", "bad_offer")
-        spec = None
-    else:
-        spec = await choose_source(services, body.source, body.video_path)
+    if mode == "camera" and (body.source is not None or body.video_path is not None):
+        raise ApiError(400, "Camera mode (the offer sends video) takes no source or video_path.", "bad_offer")
+    spec = None if mode == "camera" else await choose_source(services, body.source, body.video_path)
     model, notice = await choose_model(services, body.model, spec)
+    cluster = services.cluster
+    session_id = sessions.new_id()
+    await cluster.admit(session_id, caller.subject)  # cluster-wide MAX_SESSIONS (a no-op without Redis)
+    try:
+        owner = None if spec is None else await cluster.owner_for(spec.name)
+        if owner is not None:  # another node runs this source: it answers (its ICE candidates)
+            answer = await cluster.ask(owner, "offer", {**body.model_dump(), "subject": caller.subject,
+                                                        "session_id": session_id, "hops": 1})
+            return OfferResponse(**answer)
+        return await answer_here(services, body.sdp, mode, spec, model, notice, caller.subject, session_id)
+    except BaseException:
+        await cluster.forget(session_id, caller.subject)
+        raise
 
-    refused = sessions.reserve(caller.subject)
+
+async def answer_here(services: Services, sdp: str, mode: str, spec, model, notice: str, subject: str,
+                      session_id: str) -> OfferResponse:
+    """Make the peer connection for an offer on this node (the source's owner, or camera mode)."""
+    sessions, hub, settings = services.sessions, services.hub, services.settings
+    refused = sessions.reserve(subject)
     if refused == "server_full":
         raise ApiError(503, "The server is full; try again later.", "server_full", headers={"Retry-After": "5"})
     if refused == "subject_limit":
         raise ApiError(503, f"You already hold {sessions.max_per_owner} sessions (MAX_SESSIONS_PER_SUBJECT); "
                        "close one or try again later.", "subject_limit", headers={"Retry-After": "5"})
-    settings = services.settings
-    session_id = sessions.new_id()
     try:
         async with AsyncExitStack() as undo:  # what the offer acquired is released on every way out
             pc = RTCPeerConnection(configuration=server_configuration(settings))
@@ -170,7 +189,7 @@ async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions
             undo.push_async_callback(sessions.discard_pc, pc)
             try:
                 answered = await answer_offer(
-                    pc, body.sdp, mode, spec, session_id,
+                    pc, sdp, mode, spec, session_id,
                     acquire=lambda s, factory: hub.acquire(s, model, notice, source_factory=factory),
                     release=hub.release, camera_fps=settings.TARGET_FPS,
                     shared_encode=settings.ENCODE_MODE == "shared",
@@ -181,12 +200,13 @@ async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions
                 raise ApiError(400, f"The offer could not be answered: {exc}", "bad_offer") from None
             undo.pop_all()  # answered: the session owns the peer connection now
     finally:
-        sessions.unreserve(caller.subject)
+        sessions.unreserve(subject)
     if answered.camera is not None:
         answered.camera.start()
     session = Session(id=session_id, pc=pc, source=answered.spec.name, model=model.name, mode=mode,
-                      owner=caller.subject, track=answered.track, camera=answered.camera, gate=answered.gate)
+                      owner=subject, track=answered.track, camera=answered.camera, gate=answered.gate)
     sessions.add(session)
+    await services.cluster.publish_session(session)  # every node can describe it from now on
 
     @pc.on("datachannel")
     def _on_datachannel(channel) -> None:
@@ -197,41 +217,85 @@ async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions
     return OfferResponse(sdp=pc.localDescription.sdp, type="answer", session_id=session.id)
 
 
+async def _handed_offer(services: Services, payload: dict) -> dict:
+    """An offer another node received for a source this node runs (or should run)."""
+    body = OfferRequest(**{k: payload.get(k) for k in ("sdp", "type", "video_path", "source", "model")})
+    subject, session_id, hops = payload["subject"], payload["session_id"], payload.get("hops", 1)
+    spec = await choose_source(services, body.source, body.video_path)
+    model, notice = await choose_model(services, body.model, spec)
+    owner = await services.cluster.owner_for(spec.name, hops)
+    if owner is not None:  # it moved meanwhile: one more hand-off at most
+        if hops >= MAX_HOPS:
+            raise ApiError(503, f"Source {spec.name!r} is changing hands; try again.", "cluster_unavailable",
+                           headers={"Retry-After": "1"})
+        return await services.cluster.ask(owner, "offer", {**payload, "hops": hops + 1})
+    answer = await answer_here(services, body.sdp, "view", spec, model, notice, subject, session_id)
+    return answer.model_dump()
+
+
 @router.get("/sessions", response_model=SessionsResponse, summary="List active sessions",
             responses=error_responses(AUTH_ERRORS))
-async def list_sessions(sessions: SessionsDep, caller: ViewerDep) -> SessionsResponse:
-    """Your own sessions (every session with the `admin` scope, or with AUTH_MODE=off)."""
-    ids = [s.id for s in sessions.visible_to(caller.subject, caller.can("admin"))]
+async def list_sessions(services: ServicesDep, sessions: SessionsDep, caller: ViewerDep) -> SessionsResponse:
+    """Your own sessions (every session with the `admin` scope, or with AUTH_MODE=off), on
+    every node of the cluster (this node's alone while Redis is unreachable)."""
+    everyone = caller.can("admin")
+    ids = [s.id for s in sessions.visible_to(caller.subject, everyone)]
+    try:
+        ids += [m["session_id"] for m in await services.cluster.registry.sessions()
+                if m["session_id"] not in sessions.sessions and (everyone or m["subject"] == caller.subject)]
+    except ClusterDown:
+        pass
     return SessionsResponse(active_sessions=ids, count=len(ids))
 
 
-def _own_session(sessions, session_id: str, caller) -> Session:
-    session = sessions.get(session_id)
-    if session is None or not (caller.can("admin") or session.owner == caller.subject):
+async def _find(services: Services, session_id: str, caller) -> tuple[Optional[Session], dict]:
+    """This node's session, or another node's metadata (404 for a stranger's or an unknown one)."""
+    session = services.sessions.get(session_id)
+    meta: Optional[dict] = None
+    if session is not None:
+        meta = session_meta(session)
+    else:
+        try:
+            meta = await services.cluster.registry.session(session_id)
+        except ClusterDown:
+            raise unavailable("Redis cannot be reached") from None
+    if meta is None or not (caller.can("admin") or meta["subject"] == caller.subject):
         # another subject's session is as unknown as a missing one: no existence leak
         raise ApiError(404, f"Session {session_id[:64]} not found.", "not_found")
-    return session
+    return session, meta
 
 
 @router.get("/session/{session_id}", response_model=SessionInfo, summary="One session's state",
             responses=error_responses(UNKNOWN_SESSION))
-async def get_session(session_id: str, sessions: SessionsDep, caller: ViewerDep) -> SessionInfo:
-    session = _own_session(sessions, session_id, caller)
-    pc = session.pc
-    return SessionInfo(
-        session_id=session.id, connection_state=pc.connectionState,
-        ice_connection_state=pc.iceConnectionState, ice_gathering_state=pc.iceGatheringState,
-        signaling_state=pc.signalingState, source=session.source, model=session.model,
-        mode=session.mode, created_at=session.created_at)
+async def get_session(session_id: str, services: ServicesDep, caller: ViewerDep) -> SessionInfo:
+    """A session on any node (another node's as it last told the cluster: at most SESSION_TTL_S/3 old)."""
+    _, meta = await _find(services, session_id, caller)
+    return SessionInfo(**{k: meta[k] for k in SessionInfo.model_fields})
 
 
 @router.delete("/session/{session_id}", response_model=CloseResponse, summary="Close a session",
-               responses=error_responses(UNKNOWN_SESSION))
-async def delete_session(session_id: str, sessions: SessionsDep, caller: ViewerDep) -> CloseResponse:
-    _own_session(sessions, session_id, caller)
-    if not await sessions.close(session_id, reason="deleted"):
+               responses=error_responses({**UNKNOWN_SESSION, 503: "Redis is unreachable (code `cluster_unavailable`)",
+                                          504: "The node holding it did not confirm in time (code `cluster_timeout`)"}))
+async def delete_session(session_id: str, services: ServicesDep, sessions: SessionsDep,
+                         caller: ViewerDep) -> CloseResponse:
+    """Close a session; on another node it is closed there, and this answers once it confirmed."""
+    session, meta = await _find(services, session_id, caller)
+    if session is None:
+        await services.cluster.ask(meta["node"], "close", {"session_id": session_id})
+    elif not await sessions.close(session_id, reason="deleted"):
         raise ApiError(404, f"Session {session_id[:64]} not found.", "not_found")
     return CloseResponse(message=f"Session {session_id} closed", active_connections=len(sessions.sessions))
+
+
+def cluster_handlers(services: Services) -> dict:
+    """What this module answers for other nodes (api.cluster.ClusterService.serve)."""
+
+    async def close(payload: dict) -> dict:
+        if not await services.sessions.close(payload["session_id"], reason="deleted"):
+            raise ApiError(404, f"Session {payload['session_id'][:64]} not found.", "not_found")
+        return {}
+
+    return {"offer": lambda payload: _handed_offer(services, payload), "close": close}
 
 
 @router.get("/health", response_model=SignalingHealth, summary="Signaling health")

@@ -4,6 +4,7 @@ each) and the ICE servers a browser should use."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from typing import Literal, Optional
 from urllib.parse import quote
@@ -13,8 +14,9 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import AUTH_ERRORS, MediaViewerDep, ViewerDep
-from api.deps import HubDep, Services, ServicesDep, SettingsDep
+from api.deps import Services, ServicesDep, SettingsDep
 from api.errors import ApiError, error_responses
+from cluster.connection import ClusterDown
 from core.redact import redact
 from webrtc.turn import with_credentials
 
@@ -149,11 +151,18 @@ async def list_sources(services: ServicesDep, caller: ViewerDep) -> SourcesRespo
         capture = hub.capture_for(stats["source"])
         if capture is not None and capture.spec.kind == "file" and capture.spec.name not in specs:
             specs[capture.spec.name] = capture.spec
-    return SourcesResponse(sources=[
-        _source_info(services, spec,
-                     None if spec.kind == "file" and spec.name.startswith("file:")
-                     else snapshot_url(services, spec.name, caller.subject))
-        for spec in specs.values()])
+    try:  # the sources other nodes of the cluster run, as their owners describe them
+        elsewhere = await services.cluster.registry.source_states()
+    except ClusterDown:
+        elsewhere = {}
+    listed = []
+    for name, spec in specs.items():
+        snapshot = None if spec.kind == "file" and name.startswith("file:") else snapshot_url(services, name, caller.subject)
+        if hub.capture_for(name) is None and name in elsewhere:
+            listed.append(SourceInfo(**{**elsewhere[name], "snapshot_url": snapshot}))
+        else:
+            listed.append(_source_info(services, spec, snapshot))
+    return SourcesResponse(sources=listed)
 
 
 @router.get("/sources/{name}/snapshot.jpg", summary="The latest processed frame of a source",
@@ -163,7 +172,7 @@ async def list_sources(services: ServicesDep, caller: ViewerDep) -> SourcesRespo
                                           403: "The token lacks the `view` scope", 404: "Unknown source",
                                           503: "The source has no frame yet (see its last_error; "
                                                "code `source_unavailable`)"})})
-async def snapshot(services: ServicesDep, hub: HubDep, name: str, caller: MediaViewerDep) -> Response:
+async def snapshot(services: ServicesDep, name: str, caller: MediaViewerDep) -> Response:
     """The newest processed frame (boxes and status band drawn) as JPEG. With AUTH_MODE=jwt it
     takes a bearer token or a signed URL (`snapshot_url` in `/api/sources`, or `POST
     /api/signed-url`), so that an `<img>` can load it. A source with no
@@ -173,6 +182,17 @@ async def snapshot(services: ServicesDep, hub: HubDep, name: str, caller: MediaV
     spec = services.sources.get(name)
     if spec is None:
         raise ApiError(404, f"Unknown source {name!r}.", "not_found")
+    owner = await services.cluster.owner_for(name)
+    if owner is not None:  # another node runs it: never open the source a second time here
+        reply = await services.cluster.ask(owner, "snapshot", {"name": name})
+        jpeg = base64.b64decode(reply["jpeg"])
+    else:
+        jpeg = await _snapshot_here(services, spec)
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+async def _snapshot_here(services: Services, spec) -> bytes:
+    hub, name = services.hub, spec.name
     entry, notice = await asyncio.to_thread(services.models.load_or_fallback,
                                             spec.model or services.settings.DEFAULT_MODEL)
     pipeline = hub.acquire(spec, entry, notice)
@@ -189,7 +209,27 @@ async def snapshot(services: ServicesDep, hub: HubDep, name: str, caller: MediaV
         raise ApiError(503, f"Source {name!r} has no frame yet" + (f": {capture_error}" if capture_error else "."),
                        "source_unavailable")
     ok, jpeg = await asyncio.to_thread(cv2.imencode, ".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    return Response(jpeg.tobytes(), media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+    return jpeg.tobytes()
+
+
+def cluster_handlers(services: Services) -> dict:
+    """What this module answers for other nodes, and how this node describes the sources it runs."""
+
+    async def snap(payload: dict) -> dict:
+        spec = services.sources.get(payload["name"])
+        if spec is None:
+            raise ApiError(404, f"Unknown source {payload['name']!r}.", "not_found")
+        if await services.cluster.owner_for(spec.name, hops=1) is not None:
+            raise ApiError(503, f"Source {spec.name!r} is changing hands; try again.", "cluster_unavailable",
+                           headers={"Retry-After": "1"})
+        return {"jpeg": base64.b64encode(await _snapshot_here(services, spec)).decode()}
+
+    def describe(name: str) -> Optional[dict]:
+        spec = services.sources.get(name)
+        return _source_info(services, spec, None).model_dump() if spec is not None else None
+
+    services.cluster.describe = describe
+    return {"snapshot": snap}
 
 
 @router.get("/ice-servers", response_model=IceServersResponse, summary="ICE servers for the browser",

@@ -21,7 +21,8 @@ from hub import PipelineHub
 from sources import SourceSpec
 from webrtc.sessions import SessionManager
 
-if TYPE_CHECKING:  # it imports api.errors, which imports this module
+if TYPE_CHECKING:  # they import api.errors, which imports this module
+    from api.cluster import ClusterService
     from api.recording_control import RecordingControl
 
 
@@ -41,6 +42,7 @@ class Services:
     signer: UrlSigner = field(default_factory=UrlSigner)
     events: EventService = field(default_factory=lambda: EventService(EventStore(1000), 5.0, 100))  # person events
     recordings: Optional[RecordingControl] = None  # made by main.build_services, started by the lifespan
+    cluster: Optional[ClusterService] = None  # likewise: the registry (memory or Redis) and hand-offs
 
 
 def get_services(request: Request) -> Services:

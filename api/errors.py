@@ -25,7 +25,7 @@ from core.redact import clip
 #: the code an error gets when the route gives none
 DEFAULT_CODES = {400: "bad_request", 401: "invalid_token", 403: "insufficient_scope", 404: "not_found",
                  405: "method_not_allowed", 409: "conflict", 413: "body_too_large", 422: "invalid_request",
-                 500: "internal_error", 503: "unavailable"}
+                 500: "internal_error", 503: "unavailable", 504: "cluster_timeout", 307: "moved"}
 
 #: the longest `detail` sentence sent (longer ones quote too much of what the client sent)
 MAX_DETAIL_CHARS = 500
@@ -88,6 +88,9 @@ EXAMPLE_DETAILS = {
     "subject_limit": "You already hold 10 sessions (MAX_SESSIONS_PER_SUBJECT); close one or try again later.",
     "recordings_unavailable": "Cannot write to RECORDINGS_DIR: No space left on device.",
     "source_unavailable": "Source 'lobby' has no frame yet: cannot open rtsp://***@10.0.0.5/stream.",
+    "cluster_unavailable": "The cluster is unavailable: Redis cannot be reached; try again shortly.",
+    "cluster_timeout": "The cluster did not answer in time: node web-1-4242 did not answer offer within 10 s.",
+    "moved": "Recording 20261129T101500Z-lobby-3f9c is stored on node web-2-777.",
 }
 #: `not_found` examples by what the description says is missing
 _NOT_FOUND = [("session", "Session 3f9c2a61d0b14e7e not found."), ("recording", "No such recording."),

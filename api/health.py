@@ -5,7 +5,8 @@
   the overlay raises on every frame);
 - a shared encoder keeps failing (`FAILED_ENCODES` attempts in a row, each after a backoff);
 - a pipeline thread keeps dying or hanging (the watchdog gave up restarting it for now);
-- the event loop's lag p99 over the last minute is above `LOOP_LAG_P99_S`.
+- the event loop's lag p99 over the last minute is above `LOOP_LAG_P99_S`;
+- (REDIS_URL) Redis cannot be reached: video flows, new offers get 503 `cluster_unavailable`.
 """
 
 from __future__ import annotations
@@ -46,4 +47,8 @@ def problems(services: Services) -> list[str]:
     if lag > LOOP_LAG_P99_S:
         found.append(f"The event loop lags: p99 {lag * 1000:.0f} ms over the last minute "
                      f"(more than {LOOP_LAG_P99_S * 1000:.0f} ms); answers and video are delayed.")
+    cluster = services.cluster.health() if services.cluster is not None else None
+    if cluster is not None and cluster["redis"] == "down":
+        found.append("Redis cannot be reached: the video already flowing goes on, new offers are refused "
+                     "(cluster_unavailable) until it is back.")
     return found

@@ -108,9 +108,10 @@ class RecordingControl:
         return await self._start(("source", name), name, "continuous" if spec.record else "manual",
                                  spec.metric_label, acquire)
 
-    async def stop_source(self, name: str) -> Optional[RecordingInfo]:
+    async def stop_source(self, name: str, pause: bool = True) -> Optional[RecordingInfo]:
+        """Stop `name`'s recording; `pause`: a continuous one stays stopped until started again."""
         spec = self.services.sources.get(name)
-        if spec is not None and spec.record:
+        if pause and spec is not None and spec.record:
             self._paused.add(name)  # until started again or a restart
         return await self._stop(("source", name))
 
@@ -259,8 +260,8 @@ class RecordingControl:
         now = time.monotonic()
         for name, spec in self.services.sources.items():
             if (not spec.record or name in self._paused or ("source", name) in self.jobs
-                    or now < self._retry_at.get(name, 0.0)):
-                continue
+                    or now < self._retry_at.get(name, 0.0) or not self.services.cluster.registry.owns(name)):
+                continue  # (in a cluster, the node running the source records it)
             try:
                 await self.start_source(name)
             except Exception as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Annotated, AsyncIterator, Literal, Optional
 
@@ -19,8 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import AUTH_ERRORS, AdminDep, MediaViewerDep, ViewerDep
 from api.deps import Services, ServicesDep
+from api.cluster import unavailable
 from api.errors import ApiError, error_responses, single_query_values
 from api.tokens import Principal
+from cluster.connection import ClusterDown
 from recording import RecordingInfo, valid_id
 
 router = APIRouter(prefix="/api", tags=["recordings"])
@@ -117,6 +120,19 @@ def _own_session(services: Services, session_id: str, caller: Principal):
     return session
 
 
+async def _session_node(services: Services, session_id: str, caller: Principal) -> Optional[str]:
+    """None for a session of this node (or an unknown one), else the node holding it."""
+    if services.sessions.get(session_id) is not None or not services.cluster.shared:
+        return None
+    try:
+        meta = await services.cluster.registry.session(session_id)
+    except ClusterDown:
+        raise unavailable("Redis cannot be reached") from None
+    if meta is None or not (caller.can("admin") or meta["subject"] == caller.subject):
+        raise ApiError(404, f"Session {session_id[:64]} not found.", "not_found")
+    return meta["node"]
+
+
 NOT_RECORDING = "nothing is being recorded there (code `not_recording`)"
 
 
@@ -130,7 +146,10 @@ async def start_source(name: str, services: ServicesDep, caller: AdminDep) -> Re
     source's model) to a fragmented H.264 MP4, from a keyframe. The source runs while it is
     recorded, with or without viewers. Every RECORDING_SEGMENT_S the recording rolls over to a
     new file with a new `recording_id`."""
-    return _started(await services.recordings.start_source(_source(services, name)))
+    owner = await services.cluster.owner_for(_source(services, name))
+    if owner is not None:  # the node running the source records it
+        return RecordingStarted(**await services.cluster.ask(owner, "record_start", {"name": name}))
+    return _started(await services.recordings.start_source(name))
 
 
 @router.delete("/sources/{name}/record", response_model=RecordingStopped, summary="Stop recording a source",
@@ -140,7 +159,10 @@ async def stop_source(name: str, services: ServicesDep, caller: AdminDep) -> Rec
     """Stop: the frames queued are written, the file is closed and is `done`. The answer is the
     last segment's. Stopping a source configured with `record: true` pauses it until it is
     started again or the service restarts."""
-    info = await services.recordings.stop_source(_source(services, name))
+    owner = await services.cluster.current_owner(_source(services, name))
+    if owner is not None and owner != services.cluster.node_id:
+        return RecordingStopped(**await services.cluster.ask(owner, "record_stop", {"name": name}))
+    info = await services.recordings.stop_source(name)
     if info is None:
         raise ApiError(404, f"Source {name[:64]!r} is not being recorded.", "not_recording")
     return _stopped(info)
@@ -156,6 +178,9 @@ async def start_session(session_id: str, services: ServicesDep, caller: AdminDep
     recording ends when the session ends. Starting and stopping recordings needs `admin` (a
     recording takes disk that retention may free by deleting others' recordings). The recording
     is listed to the session's owner and to `admin`."""
+    node = await _session_node(services, session_id, caller)
+    if node is not None:
+        return RecordingStarted(**await services.cluster.ask(node, "session_record_start", {"session_id": session_id}))
     return _started(await services.recordings.start_session(_own_session(services, session_id, caller)))
 
 
@@ -163,6 +188,9 @@ async def start_session(session_id: str, services: ServicesDep, caller: AdminDep
                responses=error_responses({**AUTH_ERRORS,
                                           404: f"Unknown session (code `not_found`), or {NOT_RECORDING}"}))
 async def stop_session(session_id: str, services: ServicesDep, caller: AdminDep) -> RecordingStopped:
+    node = await _session_node(services, session_id, caller)
+    if node is not None:
+        return RecordingStopped(**await services.cluster.ask(node, "session_record_stop", {"session_id": session_id}))
     _own_session(services, session_id, caller)
     info = await services.recordings.stop_session(session_id)
     if info is None:
@@ -186,12 +214,16 @@ async def list_recordings(services: ServicesDep, caller: ViewerDep,
                           query: Annotated[RecordingsQuery, Query()]) -> RecordingsResponse:
     """Every recording (those being written too), newest first; `?source=` keeps one source's.
     Rebuilt from the sidecars at start-up: a file a crash cut is `done` with the duration it plays."""
+    found = {i.recording_id: i for i in services.recordings.store.list(query.source)}
+    for reply in await services.cluster.ask_all("recordings", {"source": query.source}):
+        for raw in reply["recordings"]:  # the other nodes' (one box sharing RECORDINGS_DIR: the same ones)
+            found.setdefault(raw["recording_id"], RecordingInfo(**raw))
     return RecordingsResponse(recordings=[
         Recording(recording_id=i.recording_id, source=i.source, started_at=_when(i.started_at),
                   ended_at=_when(i.ended_at), duration_s=i.duration_s, bytes=i.bytes, frames=i.frames,
                   state=i.state, error=i.error, trigger=i.trigger, dropped_frames=i.dropped_frames,
                   download_url=download_url(services, i.recording_id, caller.subject))
-        for i in services.recordings.store.list(query.source) if _visible(i, caller)])
+        for i in sorted(found.values(), key=lambda i: i.started_at, reverse=True) if _visible(i, caller)])
 
 
 def _found(services: Services, recording_id: str, caller: Principal) -> RecordingInfo:
@@ -207,6 +239,8 @@ def _found(services: Services, recording_id: str, caller: Principal) -> Recordin
                        206: {"content": {"video/mp4": {}}, "description": "The bytes asked for by `Range`"},
                        **error_responses({401: "No valid bearer token or signed URL (AUTH_MODE=jwt)",
                                           403: "The token lacks the `view` scope", 404: "No such recording",
+                                          307: "Stored on another node of the cluster: `Location` is that "
+                                               "node's NODE_URL (code `moved`)",
                                           416: "Range not satisfiable (`Content-Range: bytes */<size>`; "
                                                "code `range_not_satisfiable`)"})})
 async def download(recording_id: str, request: Request, services: ServicesDep,
@@ -215,7 +249,10 @@ async def download(recording_id: str, request: Request, services: ServicesDep,
     its last fragment). One range per request: `Range: bytes=a-b`, `a-` or `-n` → 206 with
     `Content-Range`; a start beyond the end → 416; any other `Range` is ignored (200). With
     AUTH_MODE=jwt a signed URL works too (`download_url`), so a `<video src>` can play it."""
-    _found(services, recording_id, caller)
+    if services.recordings.store.get(recording_id) is None and valid_id(recording_id):
+        await _elsewhere(services, recording_id, caller, request)  # another node's: here too, or redirected
+    else:
+        _found(services, recording_id, caller)
     path = services.recordings.store.video_path(recording_id)
     try:
         size = (await asyncio.to_thread(os.stat, path)).st_size
@@ -241,6 +278,67 @@ async def download(recording_id: str, request: Request, services: ServicesDep,
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     return StreamingResponse(_read(path, start, end - start + 1), status_code=status, media_type="video/mp4",
                              headers=headers)
+
+
+async def _elsewhere(services: Services, recording_id: str, caller: Principal, request: Request) -> None:
+    """A recording this node does not list: found on another node. On one box sharing
+    RECORDINGS_DIR its file is here too (served here); else the client is sent to that node's
+    NODE_URL (307, same query: a signed URL stays valid)."""
+    for reply in await services.cluster.ask_all("recording", {"recording_id": recording_id}):
+        info = RecordingInfo(**reply["recording"])
+        if not _visible(info, caller):
+            break
+        if os.path.exists(services.recordings.store.video_path(recording_id)):
+            return
+        if reply.get("node_url"):
+            query = f"?{request.url.query}" if request.url.query else ""
+            raise ApiError(307, f"Recording {recording_id} is stored on node {reply['node']}.", "moved",
+                           headers={"Location": f"{reply['node_url'].rstrip('/')}/api/recordings/{recording_id}{query}"})
+        raise ApiError(404, f"Recording {recording_id} is stored on node {reply['node']}, which has no NODE_URL.",
+                       "not_found")
+    raise ApiError(404, "No such recording.", "not_found")
+
+
+def cluster_handlers(services: Services) -> dict:
+    """What this module answers for other nodes (api.cluster.ClusterService.serve)."""
+    control = services.recordings
+
+    async def record_start(payload: dict) -> dict:
+        name = _source(services, payload["name"])
+        if await services.cluster.owner_for(name, hops=1) is not None:
+            raise ApiError(503, f"Source {name!r} is changing hands; try again.", "cluster_unavailable",
+                           headers={"Retry-After": "1"})
+        return _started(await control.start_source(name)).model_dump(mode="json")
+
+    async def record_stop(payload: dict) -> dict:
+        info = await control.stop_source(_source(services, payload["name"]))
+        if info is None:
+            raise ApiError(404, f"Source {payload['name'][:64]!r} is not being recorded.", "not_recording")
+        return _stopped(info).model_dump(mode="json")
+
+    async def session_start(payload: dict) -> dict:
+        session = services.sessions.get(payload["session_id"])
+        if session is None or session.track is None:
+            raise ApiError(404, f"Session {payload['session_id'][:64]} not found.", "not_found")
+        return _started(await control.start_session(session)).model_dump(mode="json")
+
+    async def session_stop(payload: dict) -> dict:
+        info = await control.stop_session(payload["session_id"])
+        if info is None:
+            raise ApiError(404, f"Session {payload['session_id'][:64]} is not being recorded.", "not_recording")
+        return _stopped(info).model_dump(mode="json")
+
+    async def listed(payload: dict) -> dict:
+        return {"recordings": [asdict(i) for i in control.store.list(payload.get("source"))]}
+
+    async def one(payload: dict) -> dict:
+        info = control.store.get(payload["recording_id"]) if valid_id(payload["recording_id"]) else None
+        if info is None:
+            raise ApiError(404, "No such recording.", "not_found")
+        return {"recording": asdict(info), "node": services.cluster.node_id, "node_url": services.settings.NODE_URL}
+
+    return {"record_start": record_start, "record_stop": record_stop, "session_record_start": session_start,
+            "session_record_stop": session_stop, "recordings": listed, "recording": one}
 
 
 async def _read(path, start: int, length: int) -> AsyncIterator[bytes]:

@@ -20,7 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Callable, Optional
 
 from aiortc import RTCDataChannel, RTCPeerConnection
 
@@ -105,6 +105,9 @@ class SessionManager:
         self.closed_reasons: dict[str, int] = {}
         #: camera frames refused before decoding, by reason (sessions that ended)
         self.camera_frames_dropped: dict[str, int] = {}
+        #: told (on the loop) of each session's `changed` connection state and its `closed` end
+        #: (the cluster registry follows them)
+        self.listeners: list[Callable[[str, Session], None]] = []
 
     # -- capacity -----------------------------------------------------------
     def reserve(self, owner: str = "anonymous") -> Optional[str]:
@@ -157,6 +160,15 @@ class SessionManager:
             log.info("session %s: %s", session.id, state)
             if state in ("failed", "closed"):
                 await self.close(session.id, reason=state)
+            elif session.id in self.sessions:
+                self._tell("changed", session)
+
+    def _tell(self, what: str, session: Session) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(what, session)
+            except Exception:  # an observer never breaks a session
+                log.exception("a session listener failed")
 
     def get(self, session_id: str) -> Optional[Session]:
         return self.sessions.get(session_id)
@@ -167,6 +179,7 @@ class SessionManager:
             return False
         self.closed_reasons[reason] = self.closed_reasons.get(reason, 0) + 1
         log.info("session %s closed (%s)", session_id, reason)
+        self._tell("closed", session)
         if session.gate is not None:  # what its camera sent beyond the limits, kept for /info
             for why, frames in session.gate.dropped.items():
                 self.camera_frames_dropped[why] = self.camera_frames_dropped.get(why, 0) + frames
