@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import time
+from contextlib import asynccontextmanager
 from typing import Awaitable, Callable, Optional
 
 from cluster.connection import UNREACHABLE, ClusterDown, guarded
@@ -56,7 +57,8 @@ ADMIT = (NOW_MS + "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) "
          "redis.call('ZADD', KEYS[1], now + ARGV[2], ARGV[1]) redis.call('ZADD', KEYS[2], now + ARGV[2], ARGV[1]) "
          "redis.call('PEXPIRE', KEYS[2], ARGV[2]) return 'ok'")
 
-RELEASE_GRACE_S = 3.0  # a lease just taken is kept this long before its pipeline must be running
+RELEASE_GRACE_S = 3.0
+STATES_EVERY_S = 1.0  # how often the owner refreshes its sources' figures for the other nodes  # a lease just taken is kept this long before its pipeline must be running
 
 
 def _split(value: str) -> tuple[str, int]:
@@ -92,6 +94,17 @@ class RedisRegistry:
     async def _nothing(source: str) -> None:
         pass
 
+    @asynccontextmanager
+    async def _redis(self):
+        """`guarded`, keeping `up` true to the last thing Redis did (or did not) answer."""
+        try:
+            async with guarded():
+                yield
+        except ClusterDown:
+            self.up = False
+            raise
+        self.up = True
+
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
         await self.tick()  # a Redis that is down now is not fatal: the keeper keeps trying
@@ -112,26 +125,33 @@ class RedisRegistry:
         await self.r.aclose()
 
     async def _keep(self) -> None:
+        due = time.monotonic() + self.interval
         while True:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(min(STATES_EVERY_S, self.interval))
             try:
-                await self.tick()
+                if time.monotonic() >= due:
+                    due = time.monotonic() + self.interval
+                    await self.tick()
+                else:  # between ticks, the figures other nodes show in /api/sources stay fresh
+                    async with guarded():
+                        await self._publish_states()
+            except ClusterDown:
+                pass  # the next tick says so
             except Exception:  # the keeper must outlive anything one tick meets
                 log.exception("cluster keeper")
 
     async def tick(self) -> None:
+        was_up = self.up
         try:
-            async with guarded():
+            async with self._redis():
                 await self._heartbeat()
                 await self._renew_leases()
                 await self.publish(self.local_sessions())
-            if not self.up:
+            if not was_up:
                 log.info("cluster: Redis reachable (node %s)", self.node_id)
-            self.up = True
         except ClusterDown as exc:
-            if self.up:
+            if was_up:
                 log.warning("cluster: %s; video keeps flowing, new offers are refused until it returns", exc)
-            self.up = False
 
     async def _now_ms(self) -> int:
         sec, usec = await self.r.time()
@@ -153,6 +173,7 @@ class RedisRegistry:
             key = P + "lease:" + source
             if source not in running and mono - lease.taken > RELEASE_GRACE_S:
                 await self._release(keys=[key], args=[f"{self.node_id}|{lease.token}"])
+                await self.r.delete(P + "source:" + source)
                 self.leases.pop(source, None)
                 continue
             value = await self._renew(keys=[key, P + "fence"], args=[self.node_id, self.ttl_ms, lease.token])
@@ -163,9 +184,16 @@ class RedisRegistry:
             if token != lease.token:
                 log.info("cluster: lease of %s re-asserted (token %d)", source, token)
             lease.token, lease.renewed = token, mono
-            state = self.source_state(source)
-            if state is not None:
-                await self.r.set(P + "source:" + source, json.dumps(state), px=self.ttl_ms)
+        await self._publish_states()
+
+    async def _publish_states(self) -> None:
+        states = {s: self.source_state(s) for s in list(self.leases)}
+        if states:
+            async with self.r.pipeline(transaction=False) as p:
+                for source, state in states.items():
+                    if state is not None:
+                        p.set(P + "source:" + source, json.dumps(state), px=self.ttl_ms)
+                await p.execute()
 
     async def _lost(self, source: str, holder: str) -> None:
         self.leases.pop(source, None)
@@ -176,7 +204,7 @@ class RedisRegistry:
     # -- admission --------------------------------------------------------------------
     async def admit(self, session_id: str, subject: str, max_total: int, max_per_subject: Optional[int]
                     ) -> Optional[str]:
-        async with guarded():
+        async with self._redis():
             result = await self._admit(keys=[P + "sessions", P + "subject:" + subject],
                                        args=[session_id, self.ttl_ms, max_total, max_per_subject or 0])
         return None if result == "ok" else result
@@ -196,7 +224,7 @@ class RedisRegistry:
         """Write (or refresh) this node's sessions; their places and metadata expire in SESSION_TTL_S."""
         if not metas:
             return
-        async with guarded():
+        async with self._redis():
             now = await self._now_ms()
             expiry = now + self.ttl_ms
             async with self.r.pipeline(transaction=False) as p:
@@ -210,7 +238,7 @@ class RedisRegistry:
                 await p.execute()
 
     async def sessions(self) -> list[dict]:
-        async with guarded():
+        async with self._redis():
             now = await self._now_ms()
             ids = await self.r.zrangebyscore(P + "sessions", now, "+inf")
             if not ids:
@@ -219,7 +247,7 @@ class RedisRegistry:
         return [json.loads(v) for v in values if v]  # an offer still being answered has no metadata yet
 
     async def session(self, session_id: str) -> Optional[dict]:
-        async with guarded():
+        async with self._redis():
             value = await self.r.get(P + "session:" + session_id)
         return json.loads(value) if value else None
 
@@ -230,7 +258,7 @@ class RedisRegistry:
     async def owner(self, source: str) -> Optional[str]:
         if source in self.leases:
             return self.node_id
-        async with guarded():
+        async with self._redis():
             value = await self.r.get(P + "lease:" + source)
         return _split(value)[0] if value else None
 
@@ -240,7 +268,7 @@ class RedisRegistry:
         `hops` > 0: an offer already handed here, so this node takes it)."""
         if source in self.leases:
             return None
-        async with guarded():
+        async with self._redis():
             value = await self.r.get(P + "lease:" + source)
             if value is None and hops == 0:
                 target = await self._least_loaded()
@@ -268,13 +296,13 @@ class RedisRegistry:
         return min(loads, key=lambda n: (loads[n], n != self.node_id, n))
 
     async def source_states(self) -> dict[str, dict]:
-        async with guarded():
+        async with self._redis():
             keys = [k async for k in self.r.scan_iter(match=P + "source:*", count=500)]
             values = await self.r.mget(keys) if keys else []
         return {k[len(P + "source:"):]: json.loads(v) for k, v in zip(keys, values) if v}
 
     async def nodes(self) -> dict[str, NodeInfo]:
-        async with guarded():
+        async with self._redis():
             now = await self._now_ms()
             names = await self.r.zrangebyscore(P + "nodes", now, "+inf")
             values = await self.r.mget([P + "node:" + n for n in names]) if names else []

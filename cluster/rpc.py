@@ -22,6 +22,7 @@ log = logging.getLogger("visionguard.cluster.rpc")
 
 CHANNEL = "vg:rpc:"
 RETRY_S = 0.5
+RESUBSCRIBE_WAIT_S = 2.0  # how long a node without a listener gets to listen again before it counts as gone
 
 
 class RemoteError(Exception):
@@ -73,10 +74,16 @@ class Rpc:
         self._pending[request_id] = future
         message = json.dumps({"id": request_id, "method": method, "payload": payload, "reply_to": self.node_id})
         try:
-            async with guarded():
-                receivers = await self.r.publish(CHANNEL + node, message)
-            if not receivers:
-                raise NodeGone(node)
+            # nobody listening: the node is gone, or it is subscribing again after Redis came back
+            deadline = asyncio.get_running_loop().time() + RESUBSCRIBE_WAIT_S
+            while True:
+                async with guarded():
+                    receivers = await self.r.publish(CHANNEL + node, message)
+                if receivers:
+                    break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise NodeGone(node)
+                await asyncio.sleep(0.1)
             try:
                 reply = await asyncio.wait_for(future, timeout)
             except asyncio.TimeoutError:
@@ -96,7 +103,7 @@ class Rpc:
                 await pubsub.subscribe(CHANNEL + self.node_id)
                 self.subscribed.set()
                 while True:
-                    message = await pubsub.get_message(timeout=1.0)
+                    message = await pubsub.get_message(timeout=0.2)
                     if message is not None and message.get("type") == "message":
                         self._dispatch(message["data"])
             except asyncio.CancelledError:

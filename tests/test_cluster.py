@@ -1,0 +1,216 @@
+"""Issue 14: several worker processes on one real redis-server act as one service.
+
+Each node is a real `python main.py` (tests/cluster_nodes.py) with its own port, so that a test
+can choose which worker a request reaches; SESSION_TTL_S is 3 s here."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from aiortc.mediastreams import MediaStreamError
+
+from cluster_nodes import info, start_nodes
+from rtc_client import connect
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def cluster(redis_server, tmp_path):
+    nodes = start_nodes(redis_server.url, tmp_path, 2)
+    yield nodes
+    for node in nodes:
+        node.stop()
+
+
+def captures(nodes) -> int:
+    return sum(info(n)["pipelines"]["captures_started"] for n in nodes if n.proc.poll() is None)
+
+
+async def wait_until(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+async def sessions_seen(http: httpx.AsyncClient, node) -> set[str]:
+    return set((await http.get(node.url + "/api/sessions")).json()["active_sessions"])
+
+
+async def test_workers_agree_share_one_pipeline_and_close_each_others_sessions(cluster):
+    a, b = cluster
+    one = await connect(a.url)
+    two = await connect(b.url)  # the same source: its owner answers, whichever node got the offer
+    try:
+        await one.receive(10)
+        await two.receive(10)
+        assert captures(cluster) == 1, "the source was opened once in the cluster"
+        processed = [info(n)["pipelines"]["pipelines_started"] for n in cluster]
+        assert sorted(processed) == [0, 1], "one node runs the model"
+
+        async with httpx.AsyncClient(timeout=10) as http:
+            answers = [await sessions_seen(http, node) for node in (a, b) * 10]
+            assert all(seen == {one.session_id, two.session_id} for seen in answers), answers
+            nodes = {(await http.get(n.url + "/health")).headers["x-visionguard-node"] for n in cluster}
+            assert nodes == {"node-a", "node-b"}
+            for node in cluster:  # every worker describes every session
+                for viewer in (one, two):
+                    r = await http.get(f"{node.url}/api/session/{viewer.session_id}")
+                    assert r.status_code == 200 and r.json()["source"] == "default", r.text
+            owner = next(n for n in cluster if info(n)["pipelines"]["pipelines_started"] == 1)
+            other = b if owner is a else a
+            r = await http.delete(f"{other.url}/api/session/{one.session_id}")
+            assert r.status_code == 200, r.text
+            track = await one.track()
+            with pytest.raises(MediaStreamError):  # the owner closed it: the client's track ends
+                for _ in range(300):
+                    await asyncio.wait_for(track.recv(), 10)
+            assert await wait_until(lambda: _only(http, cluster, {two.session_id}), 10, "the session list")
+            await two.receive(5)  # the other viewer goes on
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def _only(http, nodes, expected: set) -> bool:
+    return all([await sessions_seen(http, n) == expected for n in nodes])
+
+
+async def test_admission_is_atomic_across_workers(redis_server, tmp_path):
+    nodes = start_nodes(redis_server.url, tmp_path, 2, MAX_SESSIONS=10)
+    try:
+        viewers = []
+        offers = []
+        from aiortc import RTCConfiguration, RTCPeerConnection
+
+        for _ in range(4):  # 4 different offers, each sent 10 times: 40 offers at once
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pc.addTransceiver("video", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            offers.append(pc.localDescription.sdp)
+            viewers.append(pc)
+        async with httpx.AsyncClient(timeout=60) as http:
+            results = await asyncio.gather(*(
+                http.post(nodes[i % 2].url + "/api/offer", json={"sdp": offers[i % 4], "type": "offer"})
+                for i in range(40)))
+        statuses = sorted(r.status_code for r in results)
+        assert statuses.count(200) == 10, statuses
+        assert statuses.count(503) == 30 and {r.json()["code"] for r in results if r.status_code == 503} == {
+            "server_full"}
+        for pc in viewers:
+            await pc.close()
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def owner_of(nodes, source: str = "default"):
+    for node in nodes:
+        if any(c["source"] == source for c in info(node)["pipelines"]["captures"]):
+            return node
+    raise AssertionError(f"no node runs {source}")
+
+
+async def test_a_killed_owner_leaves_no_ghosts_and_the_survivor_takes_the_source(cluster):
+    viewer = await connect(cluster[0].url)
+    await viewer.receive(5)
+    owner = owner_of(cluster)
+    survivor = next(n for n in cluster if n is not owner)
+    owner.kill()
+    killed = time.monotonic()
+    await viewer.close()
+    async with httpx.AsyncClient(timeout=10) as http:
+        await wait_until(lambda: _only(http, [survivor], set()), 10, "the dead node's session to leave")
+        gone_after = time.monotonic() - killed
+        assert gone_after < 3 + 2, f"sessions left after {gone_after:.1f} s (SESSION_TTL_S=3, one keeper tick)"
+        again = await connect(survivor.url)
+        try:
+            await again.receive(10)
+            assert owner_of([survivor]) is survivor
+            r = await http.get(f"{survivor.url}/api/session/{again.session_id}")
+            assert r.status_code == 200
+        finally:
+            await again.close()
+
+
+async def test_redis_loss_keeps_video_refuses_offers_and_recovers(cluster, redis_server):
+    a, b = cluster
+    viewer = await connect(b.url)
+    try:
+        await viewer.receive(5)
+        redis_server.stop()
+        async with httpx.AsyncClient(timeout=20) as http:
+            health = await wait_until(lambda: _degraded(http, a), 15, "/health to say Redis is down")
+            assert health["cluster"] == {"redis": "down", "node_id": "node-a", "workers": 1}
+            await viewer.receive(30)  # the video already flowing goes on
+            for node in cluster:
+                r = await http.post(node.url + "/api/offer", json={"sdp": viewer.pc.localDescription.sdp,
+                                                                    "type": "offer"})
+                assert r.status_code == 503 and r.json()["code"] == "cluster_unavailable", r.text
+                assert "Redis" in r.json()["detail"]
+            redis_server.start()  # empty: no sessions, no leases
+            back = time.monotonic()
+            await wait_until(lambda: _has(http, a, viewer.session_id), 15, "the session to be re-asserted")
+            fresh = await connect(a.url)
+            recovered = time.monotonic() - back
+            try:
+                await fresh.receive(5)
+                assert recovered < 5 + 5, f"offers worked again {recovered:.1f} s after Redis returned"
+                assert captures(cluster) == 1, "the lease was re-asserted by its owner: no second capture"
+                assert (await http.get(a.url + "/health")).json()["cluster"]["redis"] == "ok"
+            finally:
+                await fresh.close()
+            await viewer.receive(5)
+    finally:
+        await viewer.close()
+
+
+async def _degraded(http, node):
+    body = (await http.get(node.url + "/health")).json()
+    return body if body["status"] == "degraded" and body.get("cluster", {}).get("redis") == "down" else None
+
+
+async def _source(http, node, name):
+    sources = (await http.get(node.url + "/api/sources")).json()["sources"]
+    found = next(s for s in sources if s["name"] == name)
+    return found if found["state"] == "live" else None
+
+
+async def _has(http, node, session_id) -> bool:
+    return session_id in await sessions_seen(http, node)
+
+
+async def test_snapshot_and_recording_through_the_node_that_does_not_own_the_source(cluster):
+    viewer = await connect(cluster[0].url)
+    try:
+        await viewer.receive(5)
+        owner = owner_of(cluster)
+        other = next(n for n in cluster if n is not owner)
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.get(other.url + "/api/sources/default/snapshot.jpg")
+            assert r.status_code == 200 and r.content[:2] == b"\xff\xd8", r.text[:200]
+            assert r.headers["x-visionguard-node"] == other.name
+            r = await http.post(other.url + "/api/sources/default/record")
+            assert r.status_code == 201, r.text
+            recording = r.json()["recording_id"]
+            default = await wait_until(lambda: _source(http, other, "default"), 10, "the owner's figures")
+            assert default["viewers"] >= 1 and default["fps"] > 0, default  # (the recording counts too)
+            await viewer.receive(30)
+            r = await http.delete(other.url + "/api/sources/default/record")
+            assert r.status_code == 200 and r.json()["recording_id"] == recording, r.text
+            for node in cluster:  # listed by every node, downloadable through any
+                listed = (await http.get(node.url + "/api/recordings")).json()["recordings"]
+                assert [x["recording_id"] for x in listed] == [recording]
+            r = await http.get(f"{other.url}/api/recordings/{recording}")
+            assert r.status_code == 200 and r.headers["content-type"] == "video/mp4" and len(r.content) > 1000
+        assert captures(cluster) == 1, "the camera was opened once"
+    finally:
+        await viewer.close()
