@@ -214,3 +214,36 @@ async def test_snapshot_and_recording_through_the_node_that_does_not_own_the_sou
         assert captures(cluster) == 1, "the camera was opened once"
     finally:
         await viewer.close()
+
+
+async def test_a_stale_owner_stops_its_pipeline_and_camera_mode_stays_where_it_landed(cluster, redis_server):
+    import redis
+
+    from marked_frames import MarkedCamera
+
+    viewer = await connect(cluster[1].url)
+    camera = await connect(cluster[1].url, send_track=MarkedCamera(fps=15))
+    try:
+        await viewer.receive(5)
+        await camera.receive(5)
+        owner = owner_of(cluster)
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.get(f"{cluster[1].url}/api/session/{camera.session_id}")
+            assert r.json()["mode"] == "camera"
+            assert any(c["kind"] == "camera" for c in info(cluster[1])["pipelines"]["captures"])
+        # another node now holds the lease with a greater token (what a partition and expiry lead to)
+        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        node, token = client.get("vg:lease:default").rsplit("|", 1)
+        assert node == owner.name
+        client.set("vg:lease:default", f"node-elsewhere|{int(token) + 1}", px=60_000)
+        track = await viewer.track()
+        with pytest.raises(MediaStreamError):  # the stale owner stopped: its viewer's track ends
+            for _ in range(300):
+                await asyncio.wait_for(track.recv(), 10)
+        assert not any(c["source"] == "default" for c in info(owner)["pipelines"]["captures"])
+        await camera.receive(5)  # a camera-mode session does not depend on any lease
+        client.delete("vg:lease:default")
+        client.close()
+    finally:
+        await viewer.close()
+        await camera.close()
