@@ -32,6 +32,7 @@ class Node:
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self) -> "Node":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=self.env, stdout=out,
                                          stderr=subprocess.STDOUT)
