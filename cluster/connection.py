@@ -6,6 +6,8 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -22,9 +24,11 @@ class ClusterDown(Exception):
 
 def connect(url: str) -> aioredis.Redis:
     """A client for `url` (connections are made on first use, and made again after Redis returns)."""
+    # one retry on a fresh connection: after Redis restarts, every pooled connection is broken and
+    # the first command on each would fail although Redis is back
     return aioredis.Redis.from_url(
         url, decode_responses=True, socket_timeout=COMMAND_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S,
-        health_check_interval=10, retry_on_timeout=False)
+        health_check_interval=10, retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
 
 
 @asynccontextmanager
