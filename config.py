@@ -166,6 +166,9 @@ class Settings(BaseSettings):
             raise ValueError("WORKERS above 1 needs REDIS_URL (workers share sessions and sources through Redis)")
         if self.REDIS_URL and not self.REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        if self.REDIS_URL and self.AUTH_MODE == "jwt" and not self.SIGNING_KEY:
+            raise ValueError("SIGNING_KEY must be set with REDIS_URL and AUTH_MODE=jwt (a generated key differs "
+                             "per worker, and a URL signed by one must verify on the others)")
         return self
 
     @field_validator("EVENTS_FILE", mode="before")
