@@ -1,8 +1,8 @@
 """VisionGuard: the FastAPI app, its lifespan, CORS, error handlers and `/ /health /info`.
 
 `create_app()` builds the app (`uvicorn main:create_app --factory`); `python main.py` serves it
-with uvicorn in one process; the seed's `uvicorn main:app` works too (the module builds `app` on
-first access). Importing this module defines things and does nothing else.
+with uvicorn (in WORKERS processes: core/procs.py); the seed's `uvicorn main:app` works too (the
+module builds `app` on first access). Importing this module defines things and does nothing else.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from compat.uvicorn import self_check as check_uvicorn
 from config import APP_NAME, APP_VERSION, InvalidSettings, Settings, check_port, get_settings, load_settings
 from core.looplag import LoopLag
 from core.metrics import Metrics
+from core.procs import empty_given_dir, serve
 from core.redact import install_log_redaction, public, register_secrets, register_server_paths
 from detectors import ModelLoadError, ModelRegistry
 from events import EventService, EventStore
@@ -132,6 +133,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         restrict_host_addresses(settings.ICE_HOST_ADDRESSES)  # checked in build_services
         await load_default_model(services)
         services.loop_lag.start()
+        services.metrics.start()  # several workers: this one's gauges, kept fresh for the node's /metrics
         services.sessions.start()
         await services.events.start()  # reloads EVENTS_FILE; follows pipelines from here
         await services.cluster.start()  # REDIS_URL: joins the cluster (Redis may be down: it keeps trying)
@@ -147,6 +149,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         await asyncio.to_thread(services.hub.stop_all)
         await services.cluster.stop()  # leases given back once every source here is closed
         await services.loop_lag.stop()
+        await services.metrics.stop()
         connections.uninstall()
         log.info("shut down: every session closed, every pipeline stopped")
 
@@ -343,16 +346,11 @@ def __getattr__(name: str):
 
 
 def main() -> None:
-    import uvicorn
-
     settings = load_settings()
-    app = create_app(settings)
+    empty_given_dir()  # PROMETHEUS_MULTIPROC_DIR, if the operator set one, starts this run empty
+    app = create_app(settings)  # every setting checked: one line before anything (or any worker) starts
     check_port(settings.SERVER_HOST, settings.SERVER_PORT)
-    uvicorn.run(
-        app, host=settings.SERVER_HOST, port=settings.SERVER_PORT,
-        log_level="debug" if settings.DEBUG_MODE else "info",
-        ssl_certfile=str(settings.SSL_CERTFILE) if settings.SSL_CERTFILE else None,
-        ssl_keyfile=str(settings.SSL_KEYFILE) if settings.SSL_KEYFILE else None)
+    serve(app, "main:app", settings)  # one process, or WORKERS that each build `main:app` (core/procs.py)
 
 
 if __name__ == "__main__":
