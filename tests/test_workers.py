@@ -267,6 +267,31 @@ async def test_gauges_on_either_worker_show_the_other_workers_session(node):
         await viewer.close()
 
 
+async def test_two_workers_agree_on_sessions_and_run_the_source_once(node):
+    """Issue 14 with the seed's shape (one port, uvicorn's workers): wherever the offers land,
+    both viewers get video, the source runs in one worker, and every answer lists both sessions."""
+    import asyncio
+
+    viewers = [await connect(node.url) for _ in range(2)]
+    try:
+        for viewer in viewers:
+            await viewer.receive(5)
+        expected = {v.session_id for v in viewers}
+        seen_by, answers = {}, []
+        deadline = time.monotonic() + 60
+        while len(seen_by) < 2 or len(answers) < 20:
+            assert time.monotonic() < deadline, f"answers only from {set(seen_by)}"
+            r = await asyncio.to_thread(node.get, "/api/sessions")
+            answers.append(set(r.json()["active_sessions"]))
+            r = await asyncio.to_thread(node.get, "/info")
+            seen_by[r.headers[HEADER]] = [c for c in r.json()["pipelines"]["captures"] if c["source"] == "default"]
+        assert all(a == expected for a in answers), answers
+        assert sum(len(c) for c in seen_by.values()) == 1, seen_by  # opened by one worker of the two
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+
+
 def test_a_killed_worker_leaves_the_live_gauges_and_is_replaced(node):
     workers = node.workers()
     _, before = node.scrape()
