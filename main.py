@@ -115,6 +115,7 @@ class InfoResponse(BaseModel):
     sessions: dict
     pipelines: dict = Field(description="Live captures and pipelines with their counters")
     events: dict = Field(default_factory=dict, description="The event log: kept, dropped, next id, subscribers")
+    cluster: Optional[dict] = Field(None, description="With REDIS_URL: this node, the leases it holds, hand-offs served")
 
 
 # -- app ---------------------------------------------------------------------------
@@ -310,7 +311,7 @@ def _add_root_routes(app: FastAPI) -> None:
                       "max": s.MAX_SESSIONS, "closed": sessions.closed_reasons,
                       "internal_errors": services.internal_errors,
                       "camera_frames_dropped": sessions.camera_frames_dropped},
-            pipelines=public(services.hub.stats()), events=services.events.stats())
+            pipelines=public(services.hub.stats()), events=services.events.stats(), cluster=services.cluster.info())
 
 
 def _source_status(spec) -> SourceStatus:

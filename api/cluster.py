@@ -85,6 +85,14 @@ class ClusterService:
         return {"redis": "ok" if self.registry.up else "down", "node_id": self.node_id,
                 "workers": self.services.settings.WORKERS}
 
+    def info(self) -> Optional[dict]:
+        """`/info`'s `cluster` part (None without Redis)."""
+        if not self.shared:
+            return None
+        registry = self.registry
+        return {**self.health(), "leases": {s: lease.token for s, lease in sorted(registry.leases.items())},
+                "lost_leases": registry.lost_leases, "handoffs_served": self.rpc.calls_served}
+
     # -- asking the registry and other nodes, as API answers ----------------------------------
     async def admit(self, session_id: str, subject: str) -> None:
         """Take a place for a new session cluster-wide (503 when full or Redis is down)."""

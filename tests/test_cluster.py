@@ -67,6 +67,8 @@ async def test_workers_agree_share_one_pipeline_and_close_each_others_sessions(c
                     assert r.status_code == 200 and r.json()["source"] == "default", r.text
             owner = next(n for n in cluster if info(n)["pipelines"]["pipelines_started"] == 1)
             other = b if owner is a else a
+            assert list(info(owner)["cluster"]["leases"]) == ["default"] and not info(other)["cluster"]["leases"]
+            assert info(owner)["cluster"]["handoffs_served"] >= 1  # the other node's offer was handed to it
             r = await http.delete(f"{other.url}/api/session/{one.session_id}")
             assert r.status_code == 200, r.text
             track = await one.track()
