@@ -106,6 +106,24 @@ async def test_every_worker_lists_streams_and_resumes_the_same_events(redis_serv
             assert c.events.stats()["cluster"]["redis"] == "ok"
         assert a.events.stats()["cluster"]["lost"] == 0 and b.events.stats()["cluster"]["appended"] == 1
 
+        # a Last-Event-ID above all B holds: one the cluster gave (B's reader lags) keeps its place,
+        # one above every id given is a reset (then everything kept)
+        probe = EventLog.open(redis_server.url, "probe", 10)
+        try:
+            await probe.sync(10_000)  # the counter passes ids no worker holds yet
+        finally:
+            await probe.close()
+        kept = [e["id"] for e in b.events.store.after(0)]
+        async with SseClient(url_b, "/api/events/stream", headers={"Last-Event-ID": "5000"}) as lagging, \
+                SseClient(url_b, "/api/events/stream", headers={"Last-Event-ID": str(10 ** 12)}) as reset:
+            assert await reset.wait_for(lambda ev: len(ev) >= 1 + len(kept), 15), reset.events
+            nxt = await a.events.emit("lobby", "person_gone", 1)
+            assert nxt["id"] > 10_000
+            for stream in (lagging, reset):
+                assert await stream.wait_for(lambda ev: any(e["id"] == nxt["id"] for e in ev), 15), stream.events
+        assert [e["id"] for e in lagging.events] == [nxt["id"]]
+        assert reset.events[0]["event"] == "reset" and [e["id"] for e in reset.events[1:]] == kept + [nxt["id"]]
+
 
 async def test_ids_keep_growing_after_redis_restarts_empty_and_events_wait_while_it_is_down(redis_server, caplog):
     kept = 5  # EVENTS_MAX: also how many events made during an outage wait for Redis
