@@ -39,6 +39,7 @@ from api.recording_control import RecordingControl
 from api.recordings import cluster_handlers as recording_handlers
 from api.recordings import router as recordings_router
 from api.tokens import KeyFileError, TokenVerifier, UrlSigner
+from cluster.eventlog import EventLog
 from compat.aiortc import self_check
 from compat.asgi import install as add_connection_extensions
 from compat.asgi import self_check as check_asgi
@@ -203,7 +204,9 @@ def build_services(settings: Settings) -> Services:
     sessions = SessionManager(settings.MAX_SESSIONS, settings.CONNECT_TIMEOUT, settings.PEER_INACTIVITY_TIMEOUT,
                               settings.MAX_SESSIONS_PER_SUBJECT if jwt_on else None)
     events = EventService(EventStore(settings.EVENTS_MAX, settings.EVENTS_FILE), settings.EVENT_HOLD_S,
-                          settings.SSE_CLIENT_BUFFER, metrics, labels=lambda model: models.entries[model].labels)
+                          settings.SSE_CLIENT_BUFFER, metrics, labels=lambda model: models.entries[model].labels,
+                          eventlog=EventLog.open(settings.REDIS_URL, settings.node_id, settings.EVENTS_MAX)
+                          if settings.REDIS_URL else None)  # a cluster: the events go through Redis
     hub.watchers.append(events.watch)
     services = Services(settings=settings, sources=sources, models=models, hub=hub, sessions=sessions,
                         metrics=metrics, loop_lag=LoopLag(metrics.loop_lag), events=events,

@@ -74,7 +74,9 @@ class EventsQuery(BaseModel):
 def public_event(services: Services, event: dict, subject: str) -> dict:
     """The stored event plus its `snapshot_url` for this caller."""
     url = _signed(services, f"/api/events/{event['id']}/snapshot.jpg", subject) if event["snapshot_id"] else None
-    return {**event, "snapshot_url": url, "recording_id": event.get("recording_id")}
+    # `node` (the cluster worker that made it) stays inside: it is not in the contract's event shape
+    return {**{k: v for k, v in event.items() if k != "node"}, "snapshot_url": url,
+            "recording_id": event.get("recording_id")}
 
 
 def _events(services: Services) -> EventService:
@@ -104,7 +106,7 @@ async def _stream(service: EventService, source: Optional[str], resume: Optional
                   expires: Optional[float] = None) -> AsyncIterator[str]:
     # runs once the headers are sent: a response that never starts leaves no subscriber behind
     sub = service.subscribe(source, extensions.get(ABORT))  # before reading the backlog: no gap
-    reset = resume is not None and resume >= service.store.next_id  # ids began again (no EVENTS_FILE)
+    reset = resume is not None and await service.ids_began_again(resume)  # e.g. a restart without EVENTS_FILE
     if reset:
         resume = 0  # the client's id means nothing here: everything kept is new to it
     backlog = service.store.after(resume, source) if resume is not None else []

@@ -13,6 +13,8 @@ Each subscriber has a queue of at most `buffer` undelivered events; when an even
 full, the subscriber is cut off: its `abort` is called (the HTTP layer aborts the TCP
 connection, since a client that never reads never lets a pending write finish) and the
 disconnect is counted in `visionguard_sse_disconnects_total{reason="overflow"}`.
+
+In a cluster (an `EventLog` given), the events go through Redis: `events.streamed`.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from typing import Any, Awaitable, Callable, Iterable, Optional
 import cv2
 import numpy as np
 
+from cluster.eventlog import EventLog
 from core.metrics import Metrics
 from events.store import EventStore
+from events.streamed import StreamedEvents
 from events.tracker import VisitTracker
 
 log = logging.getLogger("visionguard.events")
@@ -78,7 +82,8 @@ def encode_jpeg(image: np.ndarray) -> Optional[bytes]:
 class EventService:
     def __init__(self, store: EventStore, hold_s: float, buffer: int, metrics: Optional[Metrics] = None,
                  labels: Callable[[str], Iterable[str]] = lambda model: (),
-                 clock: Callable[[], float] = time.monotonic, check_interval: float = CHECK_INTERVAL_S) -> None:
+                 clock: Callable[[], float] = time.monotonic, check_interval: float = CHECK_INTERVAL_S,
+                 eventlog: Optional[EventLog] = None) -> None:
         self.store = store
         self.hold_s = hold_s
         self.buffer = buffer
@@ -98,11 +103,20 @@ class EventService:
         #: awaited before each event is made: (source, type, visit_id, pipeline) -> recording id
         #: or None (event recordings: RECORD_EVENTS); it never stops an event from being made
         self.visit_hook: Optional[Callable[[str, str, Optional[str], Any], Awaitable[Optional[str]]]] = None
+        #: cluster: the events go through Redis (None: this process alone)
+        self.cluster = StreamedEvents(self, eventlog) if eventlog is not None else None
+        #: cluster: the JPEG of an event another worker made, from that worker (its snapshots stay
+        #: on its disk); given the stored event, None when there is none. Unset: such snapshots 404
+        self.remote_snapshot: Optional[Callable[[dict], Awaitable[Optional[bytes]]]] = None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        """Reload the file, then start the worker and the visit checker (call in the lifespan)."""
-        await asyncio.to_thread(self.store.load)
+        """Reload the file (a cluster: the history from Redis), then start the worker and the
+        visit checker (call in the lifespan)."""
+        if self.cluster is not None:
+            await self.cluster.start()
+        else:
+            await asyncio.to_thread(self.store.load)
         self._tasks = [asyncio.create_task(self._work(), name="vg-events-worker"),
                        asyncio.create_task(self._check(), name="vg-events-check")]
 
@@ -125,6 +139,8 @@ class EventService:
                 log.warning("events: the worker did not finish writing within 30 s")
             await asyncio.gather(checker, return_exceptions=True)
             self._tasks = []
+        if self.cluster is not None:  # after the worker: its last events go to Redis first
+            await self.cluster.stop()
 
     # -- following pipelines (hub watcher, on the loop) --------------------------------------
     def follows(self, pipeline: Any) -> bool:
@@ -219,6 +235,9 @@ class EventService:
                     finished = True
                     continue
                 try:
+                    if self.cluster is not None:  # kept, published and written once read back from Redis
+                        await self.cluster.submit(await self._prepare(job), job.future)
+                        continue
                     event, fell_out = await self._make(job)
                 except Exception as exc:  # an event lost is logged; the next ones still come
                     log.exception("events: an event of %s could not be made", job.source)
@@ -236,6 +255,14 @@ class EventService:
                 _settle(job.future, event)
 
     async def _make(self, job: _Job) -> tuple[dict, list[dict]]:
+        event = await self._prepare(job)
+        dropped = self.store.add(event)
+        self.metrics.events.labels(job.source, job.type).inc()
+        self.publish(event)
+        return event, dropped
+
+    async def _prepare(self, job: _Job) -> dict:
+        """The event (id 0: not stored yet), with its snapshot written and its recording asked for."""
         snapshot_id = None
         if job.image is not None:
             try:
@@ -257,10 +284,7 @@ class EventService:
                 recording_id = None
             if recording_id is not None:
                 event["recording_id"] = recording_id
-        dropped = self.store.add(event)
-        self.metrics.events.labels(job.source, job.type).inc()
-        self.publish(event)
-        return event, dropped
+        return event
 
     # -- subscribers (the SSE streams) ---------------------------------------------------------
     def subscribe(self, source: Optional[str] = None, abort: Optional[Callable[[], None]] = None) -> Subscriber:
@@ -302,9 +326,32 @@ class EventService:
             return None
         sid = event["snapshot_id"]
         jpeg = self.store.memory_snapshots.get(sid)
-        return jpeg if jpeg is not None else await asyncio.to_thread(self.store.read_snapshot, sid)
+        if jpeg is None:  # in a cluster, found here too when the workers of one box share the folder
+            jpeg = await asyncio.to_thread(self.store.read_snapshot, sid)
+        if jpeg is None and self.remote_snapshot is not None and self.cluster is not None \
+                and event.get("node") != self.cluster.node:
+            try:
+                jpeg = await self.remote_snapshot(event)
+            except Exception:  # the maker is gone or does not answer: no snapshot, not a 500
+                log.warning("events: the snapshot of event %d could not be had from %s", event_id, event.get("node"),
+                            exc_info=True)
+                jpeg = None
+        return jpeg
+
+    async def ids_began_again(self, last_id: int) -> bool:
+        """A client's `Last-Event-ID` above every id given: ids began again (a restart without
+        EVENTS_FILE). In a cluster, an id this worker has not read yet may be one the cluster
+        gave a moment ago (this reader lags): only one above the cluster's counter began again;
+        with Redis unreachable the client keeps its place."""
+        if last_id < self.store.next_id:
+            return False
+        if self.cluster is None:
+            return True
+        given = await self.cluster.last_given()
+        return given is not None and last_id > given
 
     def stats(self) -> dict:
         return {**self.store.stats(), "subscribers": len(self.subscribers), "overflows": self.overflows,
                 "snapshots_skipped": self.snapshots_skipped,
-                "followed": sorted(self._followed)}
+                "followed": sorted(self._followed),
+                **({"cluster": self.cluster.stats()} if self.cluster is not None else {})}

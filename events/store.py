@@ -26,6 +26,18 @@ FIELDS = ("id", "source", "type", "ts", "count", "visit_id", "snapshot_id")
 _SNAPSHOT_ID = re.compile(r"^[0-9a-f]{8,32}$")
 
 
+def checked(event: Any) -> Optional[dict]:
+    """An event made by another worker (the cluster's stream) with its fields checked, or None:
+    its snapshot id names a file here and the event reaches every client."""
+    if not _valid(event):
+        return None
+    out = EventStore._clean(event)
+    for key in ("recording_id", "node"):  # kept when they are what they should be
+        if isinstance(event.get(key), str) and len(event[key]) <= 128:
+            out[key] = event[key]
+    return out
+
+
 def _valid(event: Any) -> bool:
     return (isinstance(event, dict) and type(event.get("id")) is int and event["id"] > 0
             and isinstance(event.get("source"), str) and event.get("type") in TYPES
@@ -57,8 +69,23 @@ class EventStore:
     # -- start (blocking) ----------------------------------------------------------------
     def load(self) -> None:
         """Read `<file>.1` then `<file>`; keep the newest `max_events`; skip corrupt lines."""
+        found = self._read_file()
+        kept = sorted(found)[-self.max_events:]
+        self.events = deque(found[i] for i in kept)
+        self.by_id = {e["id"]: e for e in self.events}
+        self._remove_orphans({e["snapshot_id"] for e in self.events if e["snapshot_id"]})
+        if self.events:
+            log.info("events: reloaded %d event(s) from %s (next id %d)", len(self.events), self.path.name,
+                     self.next_id)
+
+    def load_id_floor(self) -> None:
+        """Only `next_id` from the file (a cluster worker: its history comes from Redis, and its
+        snapshots folder may be shared with other workers on the box, so nothing is deleted)."""
+        self._read_file()
+
+    def _read_file(self) -> dict[int, dict]:
         if self.path is None:
-            return
+            return {}
         found: dict[int, dict] = {}
         corrupt = 0
         for part in (self.path.with_name(self.path.name + ".1"), self.path):
@@ -82,14 +109,8 @@ class EventStore:
         if corrupt:
             log.warning("events: skipped %d corrupt line(s) in %s", corrupt, self.path.name)
         if found:
-            self.next_id = max(found) + 1
-        kept = sorted(found)[-self.max_events:]
-        self.events = deque(found[i] for i in kept)
-        self.by_id = {e["id"]: e for e in self.events}
-        self._remove_orphans({e["snapshot_id"] for e in self.events if e["snapshot_id"]})
-        if self.events:
-            log.info("events: reloaded %d event(s) from %s (next id %d)", len(self.events), self.path.name,
-                     self.next_id)
+            self.next_id = max(self.next_id, max(found) + 1)
+        return found
 
     @staticmethod
     def _clean(event: dict) -> dict:
@@ -117,6 +138,17 @@ class EventStore:
         """Give `event` the next id and keep it; return the events that fell out."""
         event["id"] = self.next_id
         self.next_id += 1
+        return self._keep(event)
+
+    def insert(self, event: dict) -> Optional[list[dict]]:
+        """Keep `event` with the id it has (cluster: given by Redis, read in order); return the
+        events that fell out, or None when it is not newer than the newest kept (already here)."""
+        if self.events and event["id"] <= self.events[-1]["id"]:
+            return None
+        self.next_id = max(self.next_id, event["id"] + 1)
+        return self._keep(event)
+
+    def _keep(self, event: dict) -> list[dict]:
         self.events.append(event)
         self.by_id[event["id"]] = event
         dropped = []
