@@ -30,6 +30,7 @@ from api.catalog import router as catalog_router
 from api.cluster import ClusterService
 from api.deps import Services, ServicesDep
 from api.errors import error_responses, install_error_handlers
+from api.events import cluster_handlers as event_handlers
 from api.events import router as events_router
 from api.health import problems as health_problems
 from api.metrics import CountOffers, install_collector
@@ -216,7 +217,8 @@ def build_services(settings: Settings) -> Services:
                                          settings.SIGNED_URL_TTL_S))
     services.recordings = RecordingControl(services)
     services.cluster = ClusterService(services)
-    for handlers in (signaling_handlers(services), catalog_handlers(services), recording_handlers(services)):
+    for handlers in (signaling_handlers(services), catalog_handlers(services), recording_handlers(services),
+                     event_handlers(services)):
         for method, handler in handlers.items():
             services.cluster.serve(method, handler)
     install_collector(services)

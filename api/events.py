@@ -8,6 +8,7 @@ AUTH_MODE=jwt, and a plain path when access control is off.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from typing import Annotated, AsyncIterator, Callable, Literal, Optional
@@ -194,3 +195,21 @@ async def event_snapshot(services: ServicesDep, event_id: int, caller: MediaView
     if jpeg is None:
         raise ApiError(404, f"No snapshot for event {event_id}.", "not_found")
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+def cluster_handlers(services: Services) -> dict:
+    """What this module answers for other nodes: the snapshots of the events this node made (they
+    stay on its disk), and how this node fetches another node's."""
+
+    async def snapshot(payload: dict) -> dict:
+        jpeg = await services.events.snapshot(int(payload["id"]))
+        if jpeg is None:
+            raise ApiError(404, f"No snapshot for event {payload['id']}.", "not_found")
+        return {"jpeg": base64.b64encode(jpeg).decode()}
+
+    async def fetch(event: dict) -> Optional[bytes]:
+        reply = await services.cluster.ask(event["node"], "event_snapshot", {"id": event["id"]}, timeout=5.0)
+        return base64.b64decode(reply["jpeg"])
+
+    services.events.remote_snapshot = fetch
+    return {"event_snapshot": snapshot}

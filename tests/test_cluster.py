@@ -186,11 +186,19 @@ async def _source(http, node, name):
     return found if found["state"] == "live" else None
 
 
+async def _events(http, node):
+    return (await http.get(node.url + "/api/events?source=default")).json()["events"]
+
+
 async def _has(http, node, session_id) -> bool:
     return session_id in await sessions_seen(http, node)
 
 
-async def test_snapshot_and_recording_through_the_node_that_does_not_own_the_source(cluster):
+async def test_snapshot_events_and_recording_through_the_node_that_does_not_own_the_source(redis_server, tmp_path):
+    from sse_client import SseClient
+
+    # the pedestrians video with the person model: real person events, made by the owner
+    cluster = start_nodes(redis_server.url, tmp_path, 2, VIDEO_FILE_PATH="vtest.avi", DEFAULT_MODEL="person")
     viewer = await connect(cluster[0].url)
     try:
         await viewer.receive(5)
@@ -213,9 +221,21 @@ async def test_snapshot_and_recording_through_the_node_that_does_not_own_the_sou
                 assert [x["recording_id"] for x in listed] == [recording]
             r = await http.get(f"{other.url}/api/recordings/{recording}")
             assert r.status_code == 200 and r.headers["content-type"] == "video/mp4" and len(r.content) > 1000
+
+            # events: made by the owner, listed, streamed and resumed through the other node
+            seen = await wait_until(lambda: _events(http, other), 30, "a person_seen event on the other node")
+            first = seen[-1]  # oldest
+            assert (await http.get(owner.url + "/api/events")).json()["events"][-1] == first
+            r = await http.get(f"{other.url}/api/events/{first['id']}/snapshot.jpg")  # kept by its maker
+            assert r.status_code == 200 and r.content[:2] == b"\xff\xd8", r.text[:200]
+            async with SseClient(other.url, "/api/events/stream", {"Last-Event-ID": str(first["id"] - 1)}) as sse:
+                assert await sse.wait_for(lambda events: bool(events), 10)
+                assert sse.events[0]["id"] == first["id"] and sse.events[0]["data"] == first
         assert captures(cluster) == 1, "the camera was opened once"
     finally:
         await viewer.close()
+        for node in cluster:
+            node.stop()
 
 
 async def test_a_stale_owner_stops_its_pipeline_and_camera_mode_stays_where_it_landed(cluster, redis_server):
