@@ -146,6 +146,7 @@ class Settings(BaseSettings):
     NODE_ID: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", min_length=1,
                          max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")  # names this worker in the cluster
     SESSION_TTL_S: float = Field(15.0, ge=2, le=600)  # a dead worker's sessions and leases leave Redis within it
+    MAX_SOURCES_PER_WORKER: int = Field(0, ge=0)  # a worker at this many leases takes no more (0: no limit)
     WORKERS: int = Field(1, ge=1, le=64)  # `python main.py` starts this many worker processes (needs REDIS_URL)
     # where other nodes send a client for a recording stored on this node (e.g. http://10.0.0.5:8000)
     NODE_URL: Optional[str] = None

@@ -163,12 +163,15 @@ async def offer(body: OfferRequest, services: ServicesDep, sessions: SessionsDep
     try:
         owner = None if spec is None else await cluster.owner_for(spec.name)
         if owner is not None:  # another node runs this source: it answers (its ICE candidates)
-            answer = await cluster.ask(owner, "offer", {**body.model_dump(), "subject": caller.subject,
-                                                        "session_id": session_id, "hops": 1})
+            async with cluster.holding(session_id, caller.subject):
+                answer = await cluster.ask(owner, "offer", {**body.model_dump(), "subject": caller.subject,
+                                                            "session_id": session_id, "hops": 1})
             return OfferResponse(**answer)
         return await answer_here(services, body.sdp, mode, spec, model, notice, caller.subject, session_id)
-    except BaseException:
-        await cluster.forget(session_id, caller.subject)
+    except BaseException as exc:
+        # after a timeout the owner may still make the session: then it keeps the place, else the place expires
+        if getattr(exc, "code", None) != "cluster_timeout":
+            await cluster.forget(session_id, caller.subject)
         raise
 
 
@@ -221,6 +224,8 @@ async def _handed_offer(services: Services, payload: dict) -> dict:
     """An offer another node received for a source this node runs (or should run)."""
     body = OfferRequest(**{k: payload.get(k) for k in ("sdp", "type", "video_path", "source", "model")})
     subject, session_id, hops = payload["subject"], payload["session_id"], payload.get("hops", 1)
+    # its place again: a no-op while the asker still holds it, a fresh check if the asker gave up
+    await services.cluster.admit(session_id, subject)
     spec = await choose_source(services, body.source, body.video_path)
     model, notice = await choose_model(services, body.model, spec)
     owner = await services.cluster.owner_for(spec.name, hops)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
 from api.errors import ApiError
-from cluster.connection import ClusterDown, connect
-from cluster.redis_registry import RedisRegistry
+from cluster.connection import UNREACHABLE, ClusterDown, connect
+from cluster.redis_registry import AtCapacity, RedisRegistry, Settling
 from cluster.registry import MemoryRegistry
-from cluster.rpc import NodeGone, RemoteError, Rpc, RpcTimeout
+from cluster.rpc import CHANNEL, NodeGone, RemoteError, Rpc, RpcTimeout
 
 if TYPE_CHECKING:
     from api.deps import Services
@@ -43,7 +44,8 @@ class ClusterService:
         self.rpc: Optional[Rpc] = None
         if settings.REDIS_URL:
             client = connect(settings.REDIS_URL)
-            self.registry: Any = RedisRegistry(client, self.node_id, settings.SESSION_TTL_S, settings.NODE_URL)
+            self.registry: Any = RedisRegistry(client, self.node_id, settings.SESSION_TTL_S, settings.NODE_URL,
+                                               settings.MAX_SOURCES_PER_WORKER)
             self.rpc = Rpc(client, self.node_id)
             self.registry.local_sessions = self._local_sessions
             self.registry.running_sources = self._running_sources
@@ -66,6 +68,7 @@ class ClusterService:
         if not self.shared:
             return
         self.registry.source_state = self.describe
+        await self._check_unique()
         await self.rpc.start()
         await self.registry.start()
         self._always_on = asyncio.create_task(self._keep_always_on(), name="vg-cluster-always-on")
@@ -78,12 +81,23 @@ class ClusterService:
         await self.rpc.stop()
         await self.registry.stop()
 
+    async def _check_unique(self) -> None:
+        """Two workers with one NODE_ID would both answer for it: the second one does not start."""
+        try:
+            (_, listeners), = await self.rpc.r.pubsub_numsub(CHANNEL + self.node_id)
+        except UNREACHABLE:
+            return  # Redis is down: nothing to compare with (the keeper joins once it is back)
+        if listeners:
+            raise RuntimeError(f"NODE_ID {self.node_id!r} is already used by a live worker of this cluster; "
+                               "give each worker its own NODE_ID (or leave it unset: host name + pid)")
+
     def health(self) -> Optional[dict]:
-        """`/health`'s `cluster` part (None without Redis)."""
+        """`/health`'s `cluster` part (None without Redis): `workers` counts the live workers of
+        the cluster (every node's, as of this node's last heartbeat)."""
         if not self.shared:
             return None
         return {"redis": "ok" if self.registry.up else "down", "node_id": self.node_id,
-                "workers": self.services.settings.WORKERS}
+                "workers": self.registry.live_nodes}
 
     def info(self) -> Optional[dict]:
         """`/info`'s `cluster` part (None without Redis)."""
@@ -117,6 +131,29 @@ class ClusterService:
             return await self.registry.claim(source, hops)
         except ClusterDown:
             raise unavailable("Redis cannot be reached") from None
+        except Settling:
+            raise unavailable("Redis restarted a moment ago and the workers are re-asserting their sources") from None
+        except AtCapacity:
+            raise ApiError(503, "Every worker already runs MAX_SOURCES_PER_WORKER sources; try again later.",
+                           "server_full", headers={"Retry-After": "5"}) from None
+
+    @asynccontextmanager
+    async def holding(self, session_id: str, subject: str):
+        """Keep an admitted place while the offer is with another node (it may take longer than
+        SESSION_TTL_S: a place nobody refreshes would be given to someone else meanwhile)."""
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(self.registry.interval)
+                try:
+                    await self.registry.hold(session_id, subject)
+                except ClusterDown:
+                    pass
+
+        task = asyncio.create_task(keep())
+        try:
+            yield
+        finally:
+            task.cancel()
 
     async def current_owner(self, source: str) -> Optional[str]:
         """The node running `source` now (this one included), or None when nobody does."""
@@ -143,7 +180,8 @@ class ClusterService:
             nodes = [n for n in await self.registry.nodes() if n != self.node_id]
         except ClusterDown:
             return []
-        results = await asyncio.gather(*(self.rpc.call(n, method, payload, timeout) for n in nodes),
+        # a node that has just died is still listed for a while: no waiting for it to listen again
+        results = await asyncio.gather(*(self.rpc.call(n, method, payload, timeout, patient=False) for n in nodes),
                                        return_exceptions=True)
         return [r for r in results if isinstance(r, dict)]
 
@@ -166,7 +204,7 @@ class ClusterService:
 
     def _running_sources(self) -> set[str]:
         captures, _ = self.services.hub.running()
-        return {c.spec.name for c in captures}
+        return {c.spec.name for c in captures if c.spec.kind != "camera"}  # a viewer's own camera has no lease
 
     def _on_session(self, what: str, session) -> None:
         """A session's state changed or it closed: the registry hears of it now, not at the next tick."""
@@ -210,8 +248,8 @@ class ClusterService:
             try:
                 if await self.registry.claim(spec.name, hops=1) is not None:
                     continue  # another node runs it
-            except ClusterDown:
-                return taken
+            except (ClusterDown, Settling, AtCapacity):
+                return taken  # tried again next round
             services = self.services
             entry, notice = await asyncio.to_thread(services.models.load_or_fallback,
                                                     spec.model or services.settings.DEFAULT_MODEL)

@@ -14,7 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 #: what redis-py raises when the server cannot be reached or does not answer in time
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
-COMMAND_TIMEOUT_S = 2.0
+COMMAND_TIMEOUT_S = 1.0  # Redis answers in well under a millisecond; a hung one fails a request fast
 CONNECT_TIMEOUT_S = 1.0
 
 

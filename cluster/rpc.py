@@ -22,7 +22,7 @@ log = logging.getLogger("visionguard.cluster.rpc")
 
 CHANNEL = "vg:rpc:"
 RETRY_S = 0.5
-RESUBSCRIBE_WAIT_S = 2.0  # how long a node without a listener gets to listen again before it counts as gone
+RESUBSCRIBE_WAIT_S = 1.5  # how long a node without a listener gets to listen again before it counts as gone
 
 
 class RemoteError(Exception):
@@ -68,14 +68,15 @@ class Rpc:
         for future in self._pending.values():
             future.cancel()
 
-    async def call(self, node: str, method: str, payload: dict, timeout: float) -> dict:
+    async def call(self, node: str, method: str, payload: dict, timeout: float, patient: bool = True) -> dict:
+        """`method` on `node`; `patient`: give a node with no listener RESUBSCRIBE_WAIT_S to listen again."""
         request_id = uuid.uuid4().hex
         future = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         message = json.dumps({"id": request_id, "method": method, "payload": payload, "reply_to": self.node_id})
         try:
             # nobody listening: the node is gone, or it is subscribing again after Redis came back
-            deadline = asyncio.get_running_loop().time() + RESUBSCRIBE_WAIT_S
+            deadline = asyncio.get_running_loop().time() + (RESUBSCRIBE_WAIT_S if patient else 0.0)
             while True:
                 async with guarded():
                     receivers = await self.r.publish(CHANNEL + node, message)

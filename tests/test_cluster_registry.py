@@ -74,3 +74,31 @@ async def test_lease_tokens_grow_across_grants_and_redis_restarts(redis_server):
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_worker_at_its_capacity_takes_no_lease_and_places_held_by_an_offer_stay(redis_server):
+    import pytest
+
+    from cluster.redis_registry import AtCapacity
+
+    a, b = (RedisRegistry(connect(redis_server.url), n, 2.0, capacity=1) for n in "ab")
+    try:
+        await a.tick()
+        await b.tick()  # both live
+        assert await a.claim("s1", hops=1) is None
+        with pytest.raises(AtCapacity):  # handed to a, which is full
+            await a.claim("s2", hops=1)
+        assert await a.claim("s2") == "b"  # a free source goes to a node below its capacity
+        assert await b.claim("s2", hops=1) is None
+        with pytest.raises(AtCapacity):  # every node is full
+            await a.claim("s3")
+        # an offer in flight keeps its place past the TTL while it is held, and loses it after
+        assert await a.admit("o1", "alice", 10, None) is None
+        for _ in range(4):
+            await asyncio.sleep(0.7)
+            assert await a.hold("o1", "alice")
+        await asyncio.sleep(2.3)
+        assert not await a.hold("o1", "alice")
+    finally:
+        await a.stop()
+        await b.stop()
