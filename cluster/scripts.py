@@ -52,7 +52,9 @@ ADMIT = (NOW_MS + "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) "
          "redis.call('ZADD', KEYS[1], now + ARGV[2], ARGV[1]) redis.call('ZADD', KEYS[2], now + ARGV[2], ARGV[1]) "
          "redis.call('PEXPIRE', KEYS[2], ARGV[2]) return 'ok'")
 
-# KEYS: sessions, subject; ARGV: id, ttl_ms → 1 if the place was still there (kept longer)
-HOLD = (NOW_MS + "if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end "
+# KEYS: sessions, subject; ARGV: id, ttl_ms → 1 if the place was still held (kept longer), 0 if it
+# had expired (then it is not revived: ADMIT decides again)
+HOLD = (NOW_MS + "local score = redis.call('ZSCORE', KEYS[1], ARGV[1]) "
+        "if not score or tonumber(score) <= now then return 0 end "
         "redis.call('ZADD', KEYS[1], now + ARGV[2], ARGV[1]) redis.call('ZADD', KEYS[2], now + ARGV[2], ARGV[1]) "
         "redis.call('PEXPIRE', KEYS[2], ARGV[2]) return 1")
