@@ -155,7 +155,11 @@ def install_error_handlers(app: FastAPI) -> None:
         # no log here: Starlette re-raises after this answer and uvicorn logs the traceback once
         # (through the redacting, clipping log filter)
         count_internal_error(request)
-        return JSONResponse(error_body(500, "Internal server error; see the server log."), status_code=500)
+        # this handler runs outside the app's middleware (Starlette's ServerErrorMiddleware): say the node here
+        services = getattr(request.app.state, "services", None)
+        headers = {"X-VisionGuard-Node": services.settings.node_id} if services is not None else None
+        return JSONResponse(error_body(500, "Internal server error; see the server log."), status_code=500,
+                            headers=headers)
 
 
 def _document_schema_errors(app: FastAPI) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Sequence
 
 from api.errors import ApiError
+from cluster.connection import ClusterDown
 from recording import PreRoll, Recorder, RecordingInfo, RecordingStore
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class RecordingControl:
     def __init__(self, services: "Services") -> None:
         self.services = services
         settings = services.settings
-        self.store = RecordingStore(settings.RECORDINGS_DIR)
+        self.store = RecordingStore(settings.RECORDINGS_DIR, settings.node_id if settings.REDIS_URL else None)
         self.segment_s = settings.RECORDING_SEGMENT_S
         self.max_age_s = settings.RECORDINGS_MAX_AGE_H * 3600
         self.max_bytes = settings.RECORDINGS_MAX_BYTES
@@ -74,7 +75,7 @@ class RecordingControl:
     # -- lifespan ---------------------------------------------------------------------
     async def start(self) -> None:
         """Rebuild the list from the sidecars, start continuous recordings and the supervisor."""
-        count = await asyncio.to_thread(self.store.load)
+        count = await asyncio.to_thread(self.store.load, await self._live_writers())
         log.info("recordings: %d in %s", count, self.store.dir.name)
         await self._ensure_continuous()
         self._task = asyncio.create_task(self._supervise(), name="vg-recordings")
@@ -236,8 +237,17 @@ class RecordingControl:
             except Exception:  # the supervisor never dies of one bad round
                 log.exception("recordings: supervision failed")
 
+    async def _live_writers(self) -> Optional[set]:
+        """The live workers of the cluster (None: not known now, Redis is down)."""
+        try:
+            return set(await self.services.cluster.registry.nodes())
+        except ClusterDown:
+            return None
+
     async def _check(self) -> None:
         sessions = self.services.sessions
+        if self.store.node_id is not None:  # a cluster sharing the folder: others' recordings
+            await asyncio.to_thread(self.store.refresh_foreign, await self._live_writers())
         for key, job in list(self.jobs.items()):
             if job is None:
                 continue

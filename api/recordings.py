@@ -217,7 +217,8 @@ async def list_recordings(services: ServicesDep, caller: ViewerDep,
     found = {i.recording_id: i for i in services.recordings.store.list(query.source)}
     for reply in await services.cluster.ask_all("recordings", {"source": query.source}):
         for raw in reply["recordings"]:  # the other nodes' (one box sharing RECORDINGS_DIR: the same ones)
-            found.setdefault(raw["recording_id"], RecordingInfo(**raw))
+            if raw.get("node") == reply["node"] or raw["recording_id"] not in found:  # its writer knows best
+                found[raw["recording_id"]] = RecordingInfo(**raw)
     return RecordingsResponse(recordings=[
         Recording(recording_id=i.recording_id, source=i.source, started_at=_when(i.started_at),
                   ended_at=_when(i.ended_at), duration_s=i.duration_s, bytes=i.bytes, frames=i.frames,
@@ -329,7 +330,12 @@ def cluster_handlers(services: Services) -> dict:
         return _stopped(info).model_dump(mode="json")
 
     async def listed(payload: dict) -> dict:
-        return {"recordings": [asdict(i) for i in control.store.list(payload.get("source"))]}
+        return {"node": services.cluster.node_id,
+                "recordings": [asdict(i) for i in control.store.list(payload.get("source"))]}
+
+    async def delete(payload: dict) -> dict:
+        await _delete_here(services, payload["recording_id"])
+        return {}
 
     async def one(payload: dict) -> dict:
         info = control.store.get(payload["recording_id"]) if valid_id(payload["recording_id"]) else None
@@ -338,7 +344,8 @@ def cluster_handlers(services: Services) -> dict:
         return {"recording": asdict(info), "node": services.cluster.node_id, "node_url": services.settings.NODE_URL}
 
     return {"record_start": record_start, "record_stop": record_stop, "session_record_start": session_start,
-            "session_record_stop": session_stop, "recordings": listed, "recording": one}
+            "session_record_stop": session_stop, "recordings": listed, "recording": one,
+            "recording_delete": delete}
 
 
 async def _read(path, start: int, length: int) -> AsyncIterator[bytes]:
@@ -363,10 +370,23 @@ async def _read(path, start: int, length: int) -> AsyncIterator[bytes]:
 async def delete_recording(recording_id: str, services: ServicesDep, caller: AdminDep) -> RecordingDeleted:
     """Remove the MP4 and its sidecar. A recording in progress is stopped first with its DELETE
     `.../record` route."""
+    store, here = services.recordings.store, services.cluster.node_id
+    local = store.get(recording_id) if valid_id(recording_id) else None
+    if valid_id(recording_id) and (local is None or local.node not in (None, here)):  # another node's
+        replies = await services.cluster.ask_all("recording", {"recording_id": recording_id})
+        writers = [r for r in replies if r["recording"].get("node") == r["node"]] or replies
+        if writers:  # the node that wrote it deletes it (and knows whether it is still being written)
+            await services.cluster.ask(writers[0]["node"], "recording_delete", {"recording_id": recording_id})
+            store.forget(recording_id)
+            return RecordingDeleted(recording_id=recording_id)
     _found(services, recording_id, caller)
+    await _delete_here(services, recording_id)
+    return RecordingDeleted(recording_id=recording_id)
+
+
+async def _delete_here(services: Services, recording_id: str) -> None:
     try:
         if not await services.recordings.delete(recording_id):
             raise ApiError(404, "No such recording.", "not_found")
     except ValueError:
         raise ApiError(409, "This recording is still being written; stop it first.", "still_recording") from None
-    return RecordingDeleted(recording_id=recording_id)

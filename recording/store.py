@@ -50,6 +50,7 @@ class RecordingInfo:
     owner: Optional[str] = None  # the subject whose session was recorded (trigger `session`)
     model: Optional[str] = None
     dropped_frames: int = 0
+    node: Optional[str] = None  # the cluster worker writing it (REDIS_URL); None: a single process
 
     def copy(self) -> "RecordingInfo":
         return replace(self)
@@ -70,14 +71,17 @@ def _parse(raw: object, recording_id: str) -> RecordingInfo:
                      for n in ("started_at", *_NUMBERS))
     if (not numbers_ok or not isinstance(info.source, str) or info.state not in STATES
             or info.trigger not in TRIGGERS or not isinstance(info.ended_at, (int, float, type(None)))
-            or not all(isinstance(v, (str, type(None))) for v in (info.error, info.owner, info.model))):
+            or not all(isinstance(v, (str, type(None))) for v in (info.error, info.owner, info.model, info.node))):
         raise ValueError("a field has the wrong type or value")
     return info
 
 
 class RecordingStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, node_id: Optional[str] = None) -> None:
         self.dir = directory
+        #: in a cluster, the workers of one box share the folder: a sidecar another live worker is
+        #: still writing is not a crash remnant (see `load` and `refresh_foreign`)
+        self.node_id = node_id
         self._items: dict[str, RecordingInfo] = {}
         self._lock = threading.Lock()
         self.changes = 0  # grows whenever a recording ends or goes (retention runs after)
@@ -93,9 +97,10 @@ class RecordingStore:
 
     # -- start-up (blocking) ----------------------------------------------------------
     # (sidecars are checked field by field by `_parse`: a hand-edited or half-written one is skipped)
-    def load(self) -> int:
-        """Read every sidecar in the folder; finish the ones a crash left
-        `recording`. Returns how many recordings there are (the folder is made by the first one)."""
+    def load(self, live_writers: Optional[set] = None) -> int:
+        """Read every sidecar in the folder; finish the ones a crash left `recording` (in a
+        cluster: not those of another worker in `live_writers`, or of any other worker when that
+        is not known). Returns how many recordings there are (the folder is made by the first one)."""
         if not self.dir.is_dir():
             return 0
         found: dict[str, RecordingInfo] = {}
@@ -104,7 +109,7 @@ class RecordingStore:
                 continue
             try:
                 info = _parse(json.loads(sidecar.read_text()), sidecar.stem)
-                if info.state == "recording":
+                if info.state == "recording" and not self._written_elsewhere(info, live_writers):
                     self._recover(info)
             except Exception as exc:  # one odd file never stops the start-up nor breaks the list
                 log.warning("recordings: skipping unreadable sidecar %s (%s)", sidecar.name, exc)
@@ -113,6 +118,33 @@ class RecordingStore:
         with self._lock:
             self._items.update(found)
         return len(found)
+
+    def _written_elsewhere(self, info: RecordingInfo, live_writers: Optional[set]) -> bool:
+        if info.node is None or info.node == self.node_id:
+            return False  # ours (or a single process's): if it says `recording`, a crash cut it
+        return live_writers is None or info.node in live_writers
+
+    def refresh_foreign(self, live_writers: Optional[set]) -> None:
+        """Re-read the sidecars of recordings other workers were writing: finished since, or cut
+        by that worker's death (then finished here)."""
+        with self._lock:
+            foreign = [i.recording_id for i in self._items.values()
+                       if i.state == "recording" and i.node is not None and i.node != self.node_id]
+        for recording_id in foreign:
+            try:
+                info = _parse(json.loads(self._sidecar(recording_id).read_text()), recording_id)
+                if info.state == "recording" and not self._written_elsewhere(info, live_writers):
+                    self._recover(info)
+            except FileNotFoundError:  # deleted by its writer's node
+                with self._lock:
+                    self._items.pop(recording_id, None)
+                continue
+            except Exception as exc:
+                log.warning("recordings: cannot re-read %s (%s)", recording_id, exc)
+                continue
+            with self._lock:
+                if recording_id in self._items:
+                    self._items[recording_id] = info
 
     def _recover(self, info: RecordingInfo) -> None:
         """The process died while writing this one: keep what plays."""
@@ -133,7 +165,8 @@ class RecordingStore:
     def create(self, source: str, trigger: str, owner: Optional[str] = None, model: Optional[str] = None,
                started_at: Optional[float] = None) -> RecordingInfo:
         """A new recording in state `recording`, its sidecar written (raises OSError if it can't be)."""
-        info = RecordingInfo(uuid.uuid4().hex, source, trigger, started_at or time.time(), owner=owner, model=model)
+        info = RecordingInfo(uuid.uuid4().hex, source, trigger, started_at or time.time(), owner=owner, model=model,
+                             node=self.node_id)
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
             self.save(info)
@@ -182,6 +215,11 @@ class RecordingStore:
             except OSError as exc:
                 log.warning("recordings: cannot remove %s (%s)", path.name, exc)
         return True
+
+    def forget(self, recording_id: str) -> None:
+        """Drop this store's copy of a recording another node deleted (its files are gone)."""
+        with self._lock:
+            self._items.pop(recording_id, None)
 
     # -- reading ----------------------------------------------------------------------
     def get(self, recording_id: str) -> Optional[RecordingInfo]:

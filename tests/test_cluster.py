@@ -279,3 +279,65 @@ async def test_a_stale_owner_stops_its_pipeline_and_camera_mode_stays_where_it_l
     finally:
         await viewer.close()
         await camera.close()
+
+
+async def test_offers_waiting_for_a_frozen_owner_keep_their_places(redis_server, tmp_path):
+    """MAX_SESSIONS holds while offers wait on an owner that stalls longer than SESSION_TTL_S."""
+    import signal
+
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    a, b = start_nodes(redis_server.url, tmp_path, 2, MAX_SESSIONS=2, SOURCES={"lobby": "synthetic"})
+    pcs = []
+    try:
+        async def offer(node, **fields):
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pcs.append(pc)
+            pc.addTransceiver("video", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            async with httpx.AsyncClient(timeout=30) as http:
+                return await http.post(node.url + "/api/offer", json={"sdp": pc.localDescription.sdp,
+                                                                      "type": "offer", **fields})
+
+        async with httpx.AsyncClient(timeout=30) as http:  # a runs `default` (a snapshot starts it)
+            assert (await http.get(a.url + "/api/sources/default/snapshot.jpg")).status_code == 200
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            waiting = [asyncio.ensure_future(offer(b)) for _ in range(2)]  # handed to the frozen owner
+            await asyncio.sleep(4.0)  # longer than SESSION_TTL_S
+            refused = await offer(b, source="lobby")
+            assert refused.status_code == 503 and refused.json()["code"] == "server_full", refused.text
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        answered = await asyncio.gather(*waiting)
+        assert [r.status_code for r in answered] == [200, 200], [r.text for r in answered]
+        async with httpx.AsyncClient(timeout=30) as http:
+            assert (await http.get(b.url + "/api/sessions")).json()["count"] == 2
+    finally:
+        for pc in pcs:
+            await pc.close()
+        for node in (a, b):
+            node.stop()
+
+
+async def test_a_recording_another_worker_writes_is_not_finished_nor_deleted_by_a_restarted_one(cluster):
+    owner, other = cluster
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(owner.url + "/api/sources/default/record")
+        assert r.status_code == 201, r.text
+        recording = r.json()["recording_id"]
+        owner_name = owner_of(cluster).name
+        assert owner_name == owner.name
+        other.stop()  # a worker of the same box (same RECORDINGS_DIR) starts again
+        other.start().wait_ready()
+        listed = (await http.get(other.url + "/api/recordings")).json()["recordings"]
+        assert [(x["recording_id"], x["state"]) for x in listed] == [(recording, "recording")]
+        r = await http.delete(f"{other.url}/api/recordings/{recording}")
+        assert r.status_code == 409 and r.json()["code"] == "still_recording", r.text
+        r = await http.delete(other.url + "/api/sources/default/record")  # stopped through the other node
+        assert r.status_code == 200 and r.json()["recording_id"] == recording, r.text
+        listed = (await http.get(other.url + "/api/recordings")).json()["recordings"]
+        assert [(x["recording_id"], x["state"]) for x in listed] == [(recording, "done")]
+        r = await http.delete(f"{other.url}/api/recordings/{recording}")
+        assert r.status_code == 200, r.text
+        assert (await http.get(owner.url + "/api/recordings")).json()["recordings"] == []

@@ -74,3 +74,19 @@ async def test_an_offer_aiortc_cannot_use_is_a_400_and_leaves_nothing():
             r = await http.post("/api/offer", json={"sdp": sdp, "type": "offer"})
         assert r.status_code == 400 and r.json()["code"] == "bad_offer", r.text
         assert held(svc) == (0, 0, 0, 0, 0)
+
+
+async def test_every_answer_names_its_node_a_500_too(monkeypatch):
+    async with running_server(NODE_ID="web-7") as (url, svc):
+        def broken(*args, **kwargs):
+            raise TypeError("a bug of ours")
+
+        import webrtc.answer
+
+        monkeypatch.setattr(webrtc.answer, "negotiated_codec", broken)
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            r = await http.post("/api/offer", json={"sdp": await client_offer_sdp(), "type": "offer"})
+            assert r.status_code == 500 and r.headers["x-visionguard-node"] == "web-7"
+            for answer in (await http.get("/health"), await http.get("/nowhere"),
+                           await http.post("/api/offer", content=b"x" * 70000)):
+                assert answer.headers["x-visionguard-node"] == "web-7", answer.status_code
