@@ -28,7 +28,8 @@ def connect(url: str) -> aioredis.Redis:
     # the first command on each would fail although Redis is back
     return aioredis.Redis.from_url(
         url, decode_responses=True, socket_timeout=COMMAND_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S,
-        health_check_interval=10, retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
+        health_check_interval=10, retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        retry_on_error=[RedisConnectionError])  # never on a timeout: a hung Redis fails after one
 
 
 @asynccontextmanager

@@ -341,3 +341,14 @@ async def test_a_recording_another_worker_writes_is_not_finished_nor_deleted_by_
         r = await http.delete(f"{other.url}/api/recordings/{recording}")
         assert r.status_code == 200, r.text
         assert (await http.get(owner.url + "/api/recordings")).json()["recordings"] == []
+
+
+def test_a_second_worker_with_a_node_id_in_use_does_not_start(cluster, redis_server, tmp_path):
+    from cluster_nodes import Node
+
+    twin = Node(cluster[0].name, redis_server.url, tmp_path / "twin").start()
+    try:
+        assert twin.proc.wait(60) != 0
+        assert f"NODE_ID '{cluster[0].name}' is already used by a live worker" in twin.tail(80)
+    finally:
+        twin.stop()
