@@ -56,6 +56,12 @@ def count_internal_error(request: Request) -> None:
         services.internal_errors += 1
 
 
+def node_id(request: Request) -> Optional[str]:
+    """This worker's NODE_ID, for answers made outside the middleware (a 500); None before the app has services."""
+    services = getattr(request.app.state, "services", None)
+    return services.settings.node_id if services is not None else None
+
+
 def _settings(request: Request) -> Settings:
     return get_services(request).settings
 

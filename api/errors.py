@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from api.deps import count_internal_error
+from api.deps import count_internal_error, node_id
 from core.redact import clip
 
 
@@ -156,8 +156,8 @@ def install_error_handlers(app: FastAPI) -> None:
         # (through the redacting, clipping log filter)
         count_internal_error(request)
         # this handler runs outside the app's middleware (Starlette's ServerErrorMiddleware): say the node here
-        services = getattr(request.app.state, "services", None)
-        headers = {"X-VisionGuard-Node": services.settings.node_id} if services is not None else None
+        node = node_id(request)
+        headers = {"X-VisionGuard-Node": node} if node is not None else None
         return JSONResponse(error_body(500, "Internal server error; see the server log."), status_code=500,
                             headers=headers)
 

@@ -26,12 +26,23 @@ FIELDS = ("id", "source", "type", "ts", "count", "visit_id", "snapshot_id")
 _SNAPSHOT_ID = re.compile(r"^[0-9a-f]{8,32}$")
 
 
+def _clean(event: dict) -> dict:
+    """The contract's fields of a valid event, normalised (a bad visit or snapshot id is dropped)."""
+    out = {k: event.get(k) for k in FIELDS}
+    out["ts"] = float(out["ts"])
+    if not isinstance(out["visit_id"], str):
+        out["visit_id"] = None
+    if not (isinstance(out["snapshot_id"], str) and _SNAPSHOT_ID.match(out["snapshot_id"])):
+        out["snapshot_id"] = None
+    return out
+
+
 def checked(event: Any) -> Optional[dict]:
     """An event made by another worker (the cluster's stream) with its fields checked, or None:
     its snapshot id names a file here and the event reaches every client."""
     if not _valid(event):
         return None
-    out = EventStore._clean(event)
+    out = _clean(event)
     for key in ("recording_id", "node"):  # kept when they are what they should be
         if isinstance(event.get(key), str) and len(event[key]) <= 128:
             out[key] = event[key]
@@ -101,7 +112,7 @@ class EventStore:
                         if not _valid(event):
                             corrupt += 1
                             continue
-                        found[event["id"]] = self._clean(event)
+                        found[event["id"]] = _clean(event)
             except FileNotFoundError:
                 continue
             except OSError as exc:
@@ -111,16 +122,6 @@ class EventStore:
         if found:
             self.next_id = max(self.next_id, max(found) + 1)
         return found
-
-    @staticmethod
-    def _clean(event: dict) -> dict:
-        out = {k: event.get(k) for k in FIELDS}
-        out["ts"] = float(out["ts"])
-        if not isinstance(out["visit_id"], str):
-            out["visit_id"] = None
-        if not (isinstance(out["snapshot_id"], str) and _SNAPSHOT_ID.match(out["snapshot_id"])):
-            out["snapshot_id"] = None
-        return out
 
     def _remove_orphans(self, referenced: set[str]) -> None:
         """Snapshots of events no longer kept (dropped while the server was down)."""
