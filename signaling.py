@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.auth import ViewerDep
 from api.deps import HubDep, Services, ServicesDep, SessionsDep
 from api.errors import ApiError, error_responses
-from api.cluster import session_meta, unavailable
+from api.cluster import session_meta
 from api.offers import choose_model, choose_source
 from cluster.connection import ClusterDown
 from webrtc.answer import CameraLimits, NegotiationError, answer_offer
@@ -256,18 +256,12 @@ async def list_sessions(services: ServicesDep, sessions: SessionsDep, caller: Vi
 async def _find(services: Services, session_id: str, caller) -> tuple[Optional[Session], dict]:
     """This node's session, or another node's metadata (404 for a stranger's or an unknown one)."""
     session = services.sessions.get(session_id)
-    meta: Optional[dict] = None
-    if session is not None:
-        meta = session_meta(session)
-    else:
-        try:
-            meta = await services.cluster.registry.session(session_id)
-        except ClusterDown:
-            raise unavailable("Redis cannot be reached") from None
-    if meta is None or not (caller.can("admin") or meta["subject"] == caller.subject):
+    if session is None:
+        return None, await services.cluster.session_elsewhere(session_id, caller)
+    if not (caller.can("admin") or session.owner == caller.subject):
         # another subject's session is as unknown as a missing one: no existence leak
         raise ApiError(404, f"Session {session_id[:64]} not found.", "not_found")
-    return session, meta
+    return session, session_meta(session)
 
 
 @router.get("/session/{session_id}", response_model=SessionInfo, summary="One session's state",

@@ -155,6 +155,17 @@ class ClusterService:
         finally:
             task.cancel()
 
+    async def session_elsewhere(self, session_id: str, caller) -> dict:
+        """Another node's session as the registry describes it (404 for an unknown one, or another
+        subject's without `admin`: no existence leak)."""
+        try:
+            meta = await self.registry.session(session_id)
+        except ClusterDown:
+            raise unavailable("Redis cannot be reached") from None
+        if meta is None or not (caller.can("admin") or meta["subject"] == caller.subject):
+            raise ApiError(404, f"Session {session_id[:64]} not found.", "not_found")
+        return meta
+
     async def current_owner(self, source: str) -> Optional[str]:
         """The node running `source` now (this one included), or None when nobody does."""
         try:

@@ -62,6 +62,7 @@ class RecordingControl:
         self._paused: set[str] = set()  # continuous sources an admin stopped
         self._retry_at: dict[str, float] = {}
         self._task: Optional[asyncio.Task] = None
+        self._closing = False
         self._retention_at = 0.0
         self._seen_changes = -1
         self.record_events = settings.RECORD_EVENTS
@@ -88,9 +89,12 @@ class RecordingControl:
         for preroll in self.prerolls.values():
             preroll.stop()
         self.prerolls.clear()
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            # bounded: a cancellation swallowed on the way (a Redis call turning it into a timeout)
+            # must not hold the shutdown; the loop also ends by itself on `_closing`
+            await asyncio.wait({self._task}, timeout=SUPERVISE_S * 2)
             self._task = None
         for key in list(self.jobs):
             await self._stop(key)
@@ -230,7 +234,7 @@ class RecordingControl:
         return info
 
     async def _supervise(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(SUPERVISE_S)
             try:
                 await self._check()

@@ -20,10 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import AUTH_ERRORS, AdminDep, MediaViewerDep, ViewerDep
 from api.deps import Services, ServicesDep
-from api.cluster import unavailable
 from api.errors import ApiError, error_responses, single_query_values
 from api.tokens import Principal
-from cluster.connection import ClusterDown
 from recording import RecordingInfo, valid_id
 
 router = APIRouter(prefix="/api", tags=["recordings"])
@@ -124,13 +122,7 @@ async def _session_node(services: Services, session_id: str, caller: Principal) 
     """None for a session of this node (or an unknown one), else the node holding it."""
     if services.sessions.get(session_id) is not None or not services.cluster.shared:
         return None
-    try:
-        meta = await services.cluster.registry.session(session_id)
-    except ClusterDown:
-        raise unavailable("Redis cannot be reached") from None
-    if meta is None or not (caller.can("admin") or meta["subject"] == caller.subject):
-        raise ApiError(404, f"Session {session_id[:64]} not found.", "not_found")
-    return meta["node"]
+    return (await services.cluster.session_elsewhere(session_id, caller))["node"]
 
 
 NOT_RECORDING = "nothing is being recorded there (code `not_recording`)"

@@ -61,7 +61,7 @@ class Rpc:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait({self._task}, timeout=2.0)  # bounded: shutdown never hangs on Redis
             self._task = None
         for task in list(self._running):
             task.cancel()

@@ -32,7 +32,7 @@ import numpy as np
 from cluster.eventlog import EventLog
 from core.metrics import Metrics
 from events.store import EventStore
-from events.streamed import StreamedEvents
+from events.streamed import StreamedEvents, settle
 from events.tracker import VisitTracker
 
 log = logging.getLogger("visionguard.events")
@@ -63,15 +63,6 @@ class _Job:
     ts: float
     future: Optional[asyncio.Future]
     pipeline: Any = None  # the pipeline the tracker followed (for the visit hook)
-
-
-def _settle(future: Optional[asyncio.Future], result: Optional[dict] = None,
-            exc: Optional[BaseException] = None) -> None:
-    if future is not None and not future.done():
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)
 
 
 def encode_jpeg(image: np.ndarray) -> Optional[bytes]:
@@ -241,7 +232,7 @@ class EventService:
                     event, fell_out = await self._make(job)
                 except Exception as exc:  # an event lost is logged; the next ones still come
                     log.exception("events: an event of %s could not be made", job.source)
-                    _settle(job.future, exc=exc)
+                    settle(job.future, exc=exc)
                     continue
                 made.append((job, event))
                 dropped += fell_out
@@ -252,7 +243,7 @@ class EventService:
                 except Exception:
                     log.exception("events: writing %d event(s) failed", len(made))
             for job, event in made:
-                _settle(job.future, event)
+                settle(job.future, event)
 
     async def _make(self, job: _Job) -> tuple[dict, list[dict]]:
         event = await self._prepare(job)

@@ -52,8 +52,9 @@ STOP_WAIT_S = 5.0  # at stop, for the last events to be appended and read back
 Pending = tuple[dict, Optional[asyncio.Future]]
 
 
-def _settle(future: Optional[asyncio.Future], result: Optional[dict] = None,
-            exc: Optional[BaseException] = None) -> None:
+def settle(future: Optional[asyncio.Future], result: Optional[dict] = None,
+           exc: Optional[BaseException] = None) -> None:
+    """Give a waiting `emit` its event (or its error), once."""
     if future is not None and not future.done():
         if exc is not None:
             future.set_exception(exc)
@@ -114,9 +115,9 @@ class StreamedEvents:
             self.lost += len(left)
             log.warning("events: %d event(s) made while Redis was unreachable were not stored (stopping)", len(left))
             for _, future in left:
-                _settle(future, exc=ClusterDown("Redis was unreachable until the service stopped"))
+                settle(future, exc=ClusterDown("Redis was unreachable until the service stopped"))
         for event, future in self.unread.values():  # stored in Redis, not read back before the stop
-            _settle(future, event)
+            settle(future, event)
         self.unread.clear()
         await self.log.close()
 
@@ -131,7 +132,7 @@ class StreamedEvents:
             if self.lost == 1 or self.lost % 100 == 0:
                 log.warning("events: Redis is unreachable and %d events wait; the oldest are dropped (%d so far)",
                             self.limit, self.lost)
-            _settle(old_future, exc=ClusterDown("dropped: Redis was unreachable and too many events waited"))
+            settle(old_future, exc=ClusterDown("dropped: Redis was unreachable and too many events waited"))
             if old.get("snapshot_id"):
                 self.service.store.memory_snapshots.pop(old["snapshot_id"], None)
                 await asyncio.to_thread(self.service.store.append_lines, [], [old])  # deletes its file
@@ -165,7 +166,7 @@ class StreamedEvents:
                 self._sending = None
                 self.lost += 1
                 log.exception("events: Redis refused an event of %s", event.get("source"))
-                _settle(future, exc=exc)
+                settle(future, exc=exc)
                 continue
             self._sending = None
             self._up()
@@ -177,7 +178,7 @@ class StreamedEvents:
             # the reader got it before this answer came back: what it does for this worker's events
             kept = self.service.store.get(stored["id"])
             await self._made([kept] if kept is not None else [], [])
-            _settle(future, kept or stored)
+            settle(future, kept or stored)
 
     # -- reading (every worker) -----------------------------------------------------------------
     async def _read(self) -> None:
@@ -232,7 +233,7 @@ class StreamedEvents:
             await asyncio.sleep(0)
         await self._made([event for event, _ in mine], dropped)
         for event, future in mine:
-            _settle(future, event)
+            settle(future, event)
 
     async def _made(self, mine: list[dict], dropped: list[dict]) -> None:
         """This worker's events are counted and written to its file once they are kept."""

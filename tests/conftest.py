@@ -136,7 +136,14 @@ def _shutdown_holders(server) -> str:
         stack = io.StringIO()
         task.print_stack(limit=8, file=stack)
         out.append(stack.getvalue()[-1500:])
-    return "; ".join(out) or "nothing (lifespan shutdown?)"
+    if not out:  # no request holds it: the lifespan's shutdown does; show where every task waits
+        for task in asyncio.all_tasks():
+            if "lifespan" in repr(task.get_coro()) or "vg-" in task.get_name():
+                stack = io.StringIO()
+                task.print_stack(limit=12, file=stack)
+                out.append(f"{task.get_name()}: {stack.getvalue()[-1500:]}")
+        return "lifespan shutdown; " + "; ".join(out)
+    return "; ".join(out)
 
 
 @pytest.fixture
@@ -258,9 +265,9 @@ def _gst_rtsp_available() -> bool:
         return False
 
 
-@pytest.fixture
-def redis_server():
-    """A real redis-server on a free loopback port (Debian's; scripts/system-deps.sh installs it)."""
+def started_redis_server():
+    """A real redis-server on a free loopback port (Debian's; scripts/system-deps.sh installs it),
+    or the test is skipped (failed under CI=true) when it is missing."""
     import os
 
     from redis_server import RedisServer, available
@@ -272,6 +279,12 @@ def redis_server():
         pytest.skip(message)
     server = RedisServer()
     server.start()
+    return server
+
+
+@pytest.fixture
+def redis_server():
+    server = started_redis_server()
     yield server
     server.stop()
 

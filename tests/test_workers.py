@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, free_port, main_py_stop_line
+from conftest import ROOT, free_port, main_py_stop_line, started_redis_server
 from rtc_client import connect
 
 HEADER = "X-VisionGuard-Node"
@@ -93,15 +93,7 @@ def prefill(directory: Path) -> None:
 
 @pytest.fixture(scope="module")
 def redis_url():
-    from redis_server import RedisServer, available
-
-    if not available():
-        message = "redis-server is missing (scripts/system-deps.sh installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    server = RedisServer()
-    server.start()
+    server = started_redis_server()
     yield server.url
     server.stop()
 
