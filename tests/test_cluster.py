@@ -352,3 +352,33 @@ def test_a_second_worker_with_a_node_id_in_use_does_not_start(cluster, redis_ser
         assert f"NODE_ID '{cluster[0].name}' is already used by a live worker" in twin.tail(80)
     finally:
         twin.stop()
+
+
+async def test_a_recording_kept_on_another_machine_is_a_redirect_to_that_node(redis_server, tmp_path):
+    """Two machines (separate RECORDINGS_DIR): a download through the other node is sent to the
+    storing node's NODE_URL, query kept, and plays from there."""
+    from cluster_nodes import Node
+
+    nodes = []
+    for name in ("node-a", "node-b"):
+        node = Node(name, redis_server.url, tmp_path, RECORDINGS_DIR=str(tmp_path / name))
+        node.env["NODE_URL"] = node.url
+        nodes.append(node.start())
+    try:
+        for node in nodes:
+            node.wait_ready()
+        a, b = nodes
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.post(a.url + "/api/sources/default/record")
+            assert r.status_code == 201, r.text
+            recording = r.json()["recording_id"]
+            await asyncio.sleep(2)
+            assert (await http.delete(a.url + "/api/sources/default/record")).status_code == 200
+            r = await http.get(f"{b.url}/api/recordings/{recording}?x=1")
+            assert r.status_code == 307 and r.json()["code"] == "moved", r.text
+            assert r.headers["location"] == f"{a.url}/api/recordings/{recording}?x=1"
+            r = await http.get(r.headers["location"], headers={"Range": "bytes=0-99"})
+            assert r.status_code == 206 and len(r.content) == 100
+    finally:
+        for node in nodes:
+            node.stop()

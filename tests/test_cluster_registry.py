@@ -102,3 +102,30 @@ async def test_a_worker_at_its_capacity_takes_no_lease_and_places_held_by_an_off
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_node_that_never_answers_is_a_504_and_a_gone_one_a_503(redis_server):
+    """What the routes answer when the node holding a session or source does not reply in time
+    (it listens but is stuck) or has no listener at all (it died)."""
+    import pytest
+
+    from api.cluster import ClusterService
+    from api.errors import ApiError
+    from cluster.rpc import Rpc
+
+    stuck = connect(redis_server.url).pubsub()
+    await stuck.subscribe("vg:rpc:stuck")  # listens, never replies
+    rpc = Rpc(connect(redis_server.url), "asker")
+    await rpc.start()
+    service = ClusterService.__new__(ClusterService)  # only `ask` is used: the RPC and its mapping
+    service.rpc = rpc
+    try:
+        with pytest.raises(ApiError) as timeout:
+            await service.ask("stuck", "close", {"session_id": "s1"}, timeout=0.5)
+        assert timeout.value.status_code == 504 and timeout.value.code == "cluster_timeout"
+        with pytest.raises(ApiError) as gone:
+            await service.ask("dead", "close", {"session_id": "s1"}, timeout=0.5)
+        assert gone.value.status_code == 503 and gone.value.code == "cluster_unavailable"
+    finally:
+        await rpc.stop()
+        await stuck.aclose()
