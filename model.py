@@ -2,7 +2,9 @@
 
     capture thread (per source) ──slot──► process stage ──slot──► ticker (clock) ──ring──► viewers
                                           (model + overlay)       (TARGET_FPS, I420, one
-                                                 │                 encode per codec in use)
+                                                 │                 encode per codec in use;
+                                                 │                 camera mode: each result
+                                                 │                 when ready, no clock)
                                                  └──► fan-out of results ──► detections channels
 
 It is a short composition of single-job parts from `pipeline/`: `ProcessStage` (the process
@@ -48,8 +50,9 @@ class AIProcessor:
         self.encoders = EncoderPool(self.width, self.height, fps, encode)
         self.fanout: ResultFanout[ProcessedFrame] = ResultFanout()
         results: LatestSlot[ProcessedFrame] = LatestSlot()
+        # a viewer's own camera (camera mode): each result goes out when ready, no output clock
         self.ticker = Ticker(f"vg-clock-{tag}", fps, self.width, self.height, results, lambda: capture.state,
-                             self.encoders)
+                             self.encoders, on_results=capture.spec.kind == "camera")
         self.stage = ProcessStage(
             f"vg-proc-{tag}", capture.slot, processor, model, self.width, self.height, notice,
             source_fps=lambda: capture.measured_fps, next_pts=self.ticker.next_pts,

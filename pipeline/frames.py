@@ -21,6 +21,7 @@ class ProcessedFrame:
     detections: list[Any]  # detectors.Detection (label, score, box)
     inference_ms: float
     message: str  # the `detections` DataChannel message, serialised once for every viewer
+    pts: int = -1  # the 90 kHz time the message names (camera mode: the pts it is sent with)
 
 
 @dataclass(frozen=True)

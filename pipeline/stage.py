@@ -75,9 +75,9 @@ class ProcessStage:
                 f"{self.model} {self.rate.rate:4.1f}/s {self.inference_ms:.0f} ms")
         image = render(image, detections, text, self.notice)
         image.flags.writeable = False
-        message = detections_message(cap.frame_id, self._next_pts(), cap.ts, self.model, ms, self.width,
-                                     self.height, detections)
-        result = ProcessedFrame(cap.frame_id, cap.ts, image, detections, ms, message)
+        pts = self._next_pts()
+        message = detections_message(cap.frame_id, pts, cap.ts, self.model, ms, self.width, self.height, detections)
+        result = ProcessedFrame(cap.frame_id, cap.ts, image, detections, ms, message, pts)
         self.failed_in_row = 0
         if not self.worker.is_current():
             return  # a restart replaced this thread while it was stuck: its late result would go back in time

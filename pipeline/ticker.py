@@ -7,6 +7,11 @@ through a one-deep hand-off. Viewers read the ring on the loop: one that takes f
 newest; one that takes encoded packets takes them in order, so a brief stall costs it nothing,
 and one that falls further behind than the ring jumps to the newest. Nothing grows.
 
+In camera mode (`on_results=True`, CONTRACT "Camera mode output") there is no clock: each new
+processed frame is published as soon as it is ready, stamped with the time it was (its pts
+from the wall clock), so a frame never waits for the next tick and is never sent twice; when the
+model is slower than the camera the stage has already skipped the stale frames.
+
 Taps (`add_tap`) get every published tick on the clock thread itself, in order, with no gap but
 the clock's own skipped ticks (a recorder): a tap must return at once (a non-blocking hand-off)
 and whatever it raises is counted (`tap_errors`) and never reaches the clock.
@@ -39,8 +44,9 @@ PLACEHOLDER_TEXT = {"reconnecting": "reconnecting to source...", "failed": "sour
 
 class Ticker:
     def __init__(self, name: str, fps: int, width: int, height: int, results: LatestSlot[ProcessedFrame],
-                 source_state: Callable[[], str], encoders: EncoderPool) -> None:
+                 source_state: Callable[[], str], encoders: EncoderPool, on_results: bool = False) -> None:
         self.fps, self.width, self.height = fps, width, height
+        self.on_results = on_results  # camera mode: publish each result when it is ready, no clock
         self._results = results
         self._source_state = source_state
         self._encoders = encoders
@@ -53,6 +59,7 @@ class Ticker:
         self._closed = False
         self._t0 = time.monotonic()
         self._last_tick = -1
+        self._last_pts = -1
         self._shown_key: tuple = ()
         self._shown_i420: Optional[np.ndarray] = None
         self._taps: tuple[Callable[[OutFrame], None], ...] = ()  # replaced whole: the clock reads it unlocked
@@ -81,7 +88,10 @@ class Ticker:
                 pass
 
     def next_pts(self) -> int:
-        """pts of the first tick from now (lets a result be matched to the video that shows it)."""
+        """pts of the first tick from now (lets a result be matched to the video that shows it);
+        in camera mode, now: the result is sent with it as soon as it is ready."""
+        if self.on_results:
+            return max(int((time.monotonic() - self._t0) * VIDEO_CLOCK_RATE), self._last_pts + 1)
         tick = int((time.monotonic() - self._t0) * self.fps) + 1
         return tick * VIDEO_CLOCK_RATE // self.fps
 
@@ -141,23 +151,32 @@ class Ticker:
 
     # -- clock thread -------------------------------------------------------------------
     def _step(self) -> None:
-        # Sleep to the next tick boundary; after a stall, skip the missed ticks (pts stay true
-        # to wall time) instead of bursting them out.
-        elapsed = time.monotonic() - self._t0
-        tick = max(int(elapsed * self.fps) + 1, self._last_tick + 1)
-        self.worker.stop_event.wait(max(0.0, self._t0 + tick / self.fps - time.monotonic()))
-        if self.worker.stop_event.is_set():
-            return
-        self._last_tick = tick
+        if self.on_results:
+            seq, processed = self._results.wait_newer(self._shown_key[0] if self._shown_key else 0, timeout=0.25)
+            if processed is None or (seq, "") == self._shown_key or self.worker.stop_event.is_set():
+                return
+            # the pts is the time it became ready; the encoder's frame count just grows
+            elapsed = time.monotonic() - self._t0
+            tick = max(int(elapsed * self.fps), self._last_tick + 1)
+            pts = max(processed.pts, self._last_pts + 1)  # the pts its detections message names
+        else:
+            # Sleep to the next tick boundary; after a stall, skip the missed ticks (pts stay true
+            # to wall time) instead of bursting them out.
+            elapsed = time.monotonic() - self._t0
+            tick = max(int(elapsed * self.fps) + 1, self._last_tick + 1)
+            self.worker.stop_event.wait(max(0.0, self._t0 + tick / self.fps - time.monotonic()))
+            if self.worker.stop_event.is_set():
+                return
+            seq, processed = self._results.peek()
+            pts = tick * VIDEO_CLOCK_RATE // self.fps
+        self._last_tick, self._last_pts = tick, pts
         self.ticks += 1
 
-        seq, processed = self._results.peek()
         state = self._source_state()
         notice = state if state in ("reconnecting", "failed") else ""
         if (seq, notice) != self._shown_key:
             self._shown_i420 = self._render(processed, notice)
             self._shown_key = (seq, notice)
-        pts = tick * VIDEO_CLOCK_RATE // self.fps
         out = OutFrame(
             seq=self.ticks, tick=tick, pts=pts,
             frame_id=processed.frame_id if processed else 0,

@@ -63,7 +63,7 @@ async def test_camera_latency_stays_flat_when_the_model_is_slower_than_the_camer
         svc.models.register("slow", "test", Slow)  # 0.5 s per frame against a 30 fps camera
         camera = MarkedCamera()
         viewer = await connect(url, send_track=camera, model="slow")
-        samples = await round_trips(viewer, camera, 240)  # about 8 s, ~15 samples
+        samples = await round_trips(viewer, camera, 16)  # a frame back per result: about 8 s
         assert len(samples) >= 8, len(samples)
         quarter = len(samples) // 4
         first = statistics.median(s for _, s, _ in samples[:quarter])
@@ -75,6 +75,27 @@ async def test_camera_latency_stays_flat_when_the_model_is_slower_than_the_camer
         session = svc.sessions.get(viewer.session_id)
         (pipe,) = [p for p in svc.hub.stats()["pipelines"] if p["source"] == session.source]
         assert pipe["frames_skipped"] > 50  # stale camera frames skipped, not queued
+        await viewer.close()
+
+
+async def test_each_camera_frame_comes_back_once_as_soon_as_it_is_processed():
+    """CONTRACT "Camera mode output": no output clock. A 10 fps camera under a 30 fps TARGET_FPS
+    gets 10 frames a second back, each a new one: a clock would send each result three times."""
+    async with running_server() as (url, svc):
+        camera = MarkedCamera(fps=10)
+        viewer = await connect(url, send_track=camera)
+        track = await viewer.track()
+        indices = []
+        for _ in range(40):
+            frame = await track.recv()
+            indices.append(read_mark(frame.to_ndarray(format="bgr24")))
+        marked = [i for i in indices if i is not None]
+        assert len(marked) >= 30, indices  # (the first frames may be before the marks decode cleanly)
+        assert len(set(marked)) == len(marked), f"a frame came back twice: {indices}"
+        assert marked == sorted(marked), indices
+        session = svc.sessions.get(viewer.session_id)
+        (pipe,) = [p for p in svc.hub.stats()["pipelines"] if p["source"] == session.source]
+        assert pipe["ticks"] <= pipe["frames_processed"] + 1  # one output per result, none clock-driven
         await viewer.close()
 
 
