@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     # HTTP and sessions
     CORS_ORIGINS: list[str] = ["*"]
     MAX_SESSIONS: int = Field(100, ge=1)
+    # a new offer gets 503 `saturated` while the event loop's median lag over the last 5 s is above
+    # this: the sending loop is late most of the time, a new viewer would get a few fps (0: never)
+    SATURATION_LAG_S: float = Field(0.1, ge=0)
     CONNECT_TIMEOUT: float = Field(20.0, gt=0)
     PEER_INACTIVITY_TIMEOUT: float = Field(10.0, gt=0)
     MAX_BODY_BYTES: int = Field(65536, ge=1024)

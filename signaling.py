@@ -29,6 +29,7 @@ from webrtc.sessions import Session
 log = logging.getLogger("visionguard.signaling")
 
 MAX_HOPS = 2  # an offer handed on at most twice (a source that changed hands while it travelled)
+SATURATION_WINDOW_S = 5.0  # the loop lag's median over this long decides `saturated`
 
 router = APIRouter(prefix="/api", tags=["WebRTC signaling"])
 
@@ -125,7 +126,8 @@ OFFER_ERRORS = {
     403: "The token lacks the `view` scope (code `insufficient_scope`)",
     503: "Server full (MAX_SESSIONS, cluster-wide; code `server_full`), or this subject's share "
          "(MAX_SESSIONS_PER_SUBJECT; code `subject_limit`) is used up, or Redis / the source's owner node cannot "
-         "be reached (code `cluster_unavailable`); see Retry-After",
+         "be reached (code `cluster_unavailable`), or the server is saturated: its event loop's median lag over "
+         "the last 5 s is above SATURATION_LAG_S (code `saturated`); see Retry-After",
     504: "The node running the source did not answer in time (code `cluster_timeout`)",
 }
 AUTH_ERRORS = {401: OFFER_ERRORS[401], 403: OFFER_ERRORS[403]}
@@ -179,6 +181,11 @@ async def answer_here(services: Services, sdp: str, mode: str, spec, model, noti
                       session_id: str) -> OfferResponse:
     """Make the peer connection for an offer on this node (the source's owner, or camera mode)."""
     sessions, hub, settings = services.sessions, services.hub, services.settings
+    lag = services.loop_lag.recent_median(SATURATION_WINDOW_S)
+    if settings.SATURATION_LAG_S and lag > settings.SATURATION_LAG_S:
+        raise ApiError(503, f"The server is saturated (its sending loop runs {lag * 1000:.0f} ms late); a new "
+                       "viewer would get a few frames a second. Try again later.", "saturated",
+                       headers={"Retry-After": "5"})
     refused = sessions.reserve(subject)
     if refused == "server_full":
         raise ApiError(503, "The server is full; try again later.", "server_full", headers={"Retry-After": "5"})

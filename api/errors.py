@@ -90,6 +90,8 @@ EXAMPLE_DETAILS = {
     "source_unavailable": "Source 'lobby' has no frame yet: cannot open rtsp://***@10.0.0.5/stream.",
     "cluster_unavailable": "The cluster is unavailable: Redis cannot be reached; try again shortly.",
     "cluster_timeout": "The cluster did not answer in time: node web-1-4242 did not answer offer within 10 s.",
+    "saturated": "The server is saturated (its sending loop runs 180 ms late); a new viewer would get a few "
+                 "frames a second. Try again later.",
     "moved": "Recording 20261129T101500Z-lobby-3f9c is stored on node web-2-777.",
 }
 #: `not_found` examples by what the description says is missing

@@ -44,6 +44,13 @@ class LoopLag:
         while self._samples and now - self._samples[0][0] > self.window_s:
             self._samples.popleft()
 
+    def recent_median(self, seconds: float) -> float:
+        """The median lag of the last `seconds` (0 without samples): high only when the loop is
+        late most of the time, not after one slow moment."""
+        now = time.monotonic()
+        lags = sorted(lag for when, lag in self._samples if now - when <= seconds)
+        return lags[len(lags) // 2] if lags else 0.0
+
     def p99(self) -> float:
         """The 99th percentile of the lags in the last `window_s`, counted over a full window's
         worth of samples (`window_s / interval`): the k-th largest lag, k = 1 % of a full window

@@ -17,7 +17,7 @@ from redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"STUN_SERVERS": [], "ICE_HOST_ADDRESSES": ["127.0.0.1"], "SERVER_HOST": "127.0.0.1", "DEFAULT_MODEL": "none",
-       "EVENTS_FILE": "", "SESSION_TTL_S": 3, "DEBUG_MODE": False}
+       "EVENTS_FILE": "", "SESSION_TTL_S": 3, "DEBUG_MODE": False, "SATURATION_LAG_S": 0}
 
 
 class Node:

@@ -21,7 +21,8 @@ restrict_host_addresses(["127.0.0.1"])
 
 TEST_ENV = {"STUN_SERVERS": [], "ICE_HOST_ADDRESSES": ["127.0.0.1"], "SERVER_HOST": "127.0.0.1",
             "DEFAULT_MODEL": "none",  # tests that want a model name it
-            "EVENTS_FILE": ""}  # events in memory: no test writes ./events.jsonl (test_events uses tmp_path)
+            "EVENTS_FILE": "",  # events in memory: no test writes ./events.jsonl (test_events uses tmp_path)
+            "SATURATION_LAG_S": 0}  # a busy test box must not refuse offers; tests/test_saturation.py turns it on
 
 
 def free_port() -> int:

@@ -52,7 +52,7 @@ async def test_each_documented_error_code_has_its_own_example():
                     assert value["detail"], (method, path, status, name)
                     documented.add(name)
     offer_503 = spec["paths"]["/api/offer"]["post"]["responses"]["503"]["content"]["application/json"]["examples"]
-    assert set(offer_503) == {"server_full", "subject_limit", "cluster_unavailable"}
+    assert set(offer_503) == {"server_full", "subject_limit", "cluster_unavailable", "saturated"}
     offer_422 = spec["paths"]["/api/offer"]["post"]["responses"]["422"]["content"]["application/json"]["examples"]
     assert set(offer_422) == {"undecodable_media", "invalid_request"}
     # and no code a route sends goes undocumented (a 405 or 500 can come from any route)
