@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from bench.server import free_port, server  # noqa: E402
+from bench.server import free_port, server, wait_healthy  # noqa: E402
 from marked_frames import MarkedCamera, read_mark  # noqa: E402
 from webrtc.ice import restrict_host_addresses  # noqa: E402
 from rtc_client import connect  # noqa: E402
@@ -98,15 +98,8 @@ def echo_server():
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "echo_server.py"), "--port", str(port)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url + "/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the echo server did not start")
-                time.sleep(0.1)
+        if not wait_healthy(url, proc, 30):
+            raise RuntimeError("the echo server did not start")
         yield url
     finally:
         proc.terminate()

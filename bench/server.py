@@ -22,6 +22,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait until `url`/health answers; False if the process ended or `timeout` passed first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(url + "/health", timeout=1)
+            return True
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def server(log: Path | None = None, **settings):
     """Yields (base URL, Popen). Settings are env vars; lists/maps given as JSON strings.
@@ -34,15 +47,8 @@ def server(log: Path | None = None, **settings):
     proc = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(url + "/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("server did not start" + (f": {log.read_text()}" if log else ""))
-                time.sleep(0.2)
+        if not wait_healthy(url, proc, 60):
+            raise RuntimeError("server did not start" + (f": {log.read_text()}" if log else ""))
         yield url, proc
     finally:
         proc.terminate()
