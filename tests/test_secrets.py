@@ -285,3 +285,38 @@ async def test_banner_says_auth_is_on_and_a_wildcard_cors_with_auth_is_logged(ca
 def test_startup_errors_never_show_a_password(monkeypatch, env):
     message = startup_error(monkeypatch, **env)
     assert leaks(message, ["Pw1@ss@x1", "ss@x1", "Pw2'quote", "quote@"]) == [], message
+
+
+async def test_the_redis_password_never_shows(caplog, capfd):
+    """REDIS_URL's password is a secret: not in answers, logs or the banner, whether Redis takes
+    it or refuses a wrong one (redis-py's errors name the server, never the URL)."""
+    from conftest import started_redis_server
+    from redis_server import RedisServer
+
+    caplog.set_level(logging.DEBUG)
+    right, wrong = "Rd7-right-pass-0123456789", "Rd7-wrong-pass-9876543210"
+    server = started_redis_server()  # (skips or fails here if redis-server is missing)
+    server.stop()
+    server = RedisServer(password=right)
+    server.start()
+    answers = []
+    try:
+        for password, status in ((right, "ok"), (wrong, "down")):
+            url = server.url.replace(right, password)
+            async with running_server(REDIS_URL=url, NODE_ID=f"n-{status}") as (base, svc):
+                async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+                    for _ in range(50):
+                        health = (await http.get("/health")).json()
+                        if health["cluster"]["redis"] == status:
+                            break
+                        await asyncio.sleep(0.1)
+                    assert health["cluster"]["redis"] == status, health
+                    for route in ("/health", "/info", "/api/sessions", "/api/sources", "/api/recordings"):
+                        answers.append((await http.get(route)).text)
+                    answers.append((await http.post("/api/offer", json={"sdp": "v=0", "type": "offer"})).text)
+    finally:
+        server.stop()
+    out = capfd.readouterr()
+    everything = "\n".join(answers) + out.out + out.err + log_text(caplog)
+    assert leaks(everything, [right, wrong]) == []
+    assert "Redis" in everything  # the down worker did say what is wrong
