@@ -304,3 +304,48 @@ def test_a_killed_worker_leaves_the_live_gauges_and_is_replaced(node):
 
     (replacement,) = wait_for(swept_and_replaced, f"worker {victim} swept and replaced", node)
     wait_for(lambda: pid_of(node.get("/health")) == replacement, "the replacement answers", node)
+
+
+def test_the_seeds_uvicorn_workers_command_is_one_node_too(redis_url, tmp_path):
+    """`uvicorn main:app --workers 2` with the operator's (empty) PROMETHEUS_MULTIPROC_DIR and
+    REDIS_URL: both workers answer, one cluster, and /metrics on either sums the node."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+           "STUN_SERVERS": "[]", "ICE_HOST_ADDRESSES": '["127.0.0.1"]', "DEFAULT_MODEL": "none", "EVENTS_FILE": "",
+           "RECORDINGS_DIR": str(tmp_path / "recordings"), "PYTHONUNBUFFERED": "1"}
+    env.pop("NODE_ID", None)
+    env.pop("WORKERS", None)
+    log = tmp_path / "uvicorn.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "main:app", "--workers", "2", "--host", "127.0.0.1",
+                                 "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    node = Node(f"http://127.0.0.1:{port}", proc, metrics_dir, log)
+    try:
+        wait_until_serving(node)
+        by_worker: dict[int, int] = {}
+
+        def refused_by_both() -> bool:
+            r = node.post("/api/offer", {"sdp": "not sdp", "type": "offer"})
+            assert r.status_code == 400, r.text
+            by_worker[pid_of(r)] = by_worker.get(pid_of(r), 0) + 1
+            return len(by_worker) == 2
+
+        wait_for(refused_by_both, "bad offers answered by both workers", node)
+        scraped_by: set[int] = set()
+
+        def scraped_by_both() -> bool:
+            pid, values = node.scrape()
+            scraped_by.add(pid)
+            assert values[("visionguard_offers_total", (("result", "400"),))] == sum(by_worker.values())
+            return scraped_by == node.workers()
+
+        wait_for(scraped_by_both, "scrapes answered by both workers", node)
+        health = node.get("/health").json()["cluster"]
+        assert health["redis"] == "ok"
+        # (the module's other node may share this Redis: at least these two)
+        wait_for(lambda: node.get("/health").json()["cluster"]["workers"] >= 2, "both workers in the cluster", node)
+    finally:
+        stop(proc)
