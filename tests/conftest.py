@@ -266,18 +266,22 @@ def _gst_rtsp_available() -> bool:
         return False
 
 
-def started_redis_server():
-    """A real redis-server on a free loopback port (Debian's; scripts/system-deps.sh installs it),
-    or the test is skipped (failed under CI=true) when it is missing."""
+def need(present: bool, message: str) -> None:
+    """A system dependency the test needs: skipped without it, but a failure under CI=true."""
     import os
 
-    from redis_server import RedisServer, available
-
-    if not available():
-        message = "redis-server is missing (scripts/system-deps.sh installs it)"
+    if not present:
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
+
+
+def started_redis_server():
+    """A real redis-server on a free loopback port (Debian's; scripts/system-deps.sh installs it),
+    or the test is skipped (failed under CI=true) when it is missing."""
+    from redis_server import RedisServer, available
+
+    need(available(), "redis-server is missing (scripts/system-deps.sh installs it)")
     server = RedisServer()
     server.start()
     return server
@@ -292,13 +296,7 @@ def redis_server():
 
 @pytest.fixture
 def rtsp_server():
-    import os
-
-    if not _gst_rtsp_available():
-        message = "GStreamer's RTSP server is missing (scripts/system-deps.sh installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need(_gst_rtsp_available(), "GStreamer's RTSP server is missing (scripts/system-deps.sh installs it)")
     server = RtspServer()
     server.start()
     yield server

@@ -9,7 +9,6 @@ measure of how fast."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import cv2
 import httpx
@@ -19,21 +18,13 @@ from cluster import ClusterDown
 from cluster.eventlog import COUNTER, EventLog
 from conftest import running_server
 from sse_client import SseClient
+from test_events import wait_until
 
 PUBLIC_FIELDS = {"id", "source", "type", "ts", "count", "visit_id", "snapshot_id", "snapshot_url", "recording_id"}
 
 
 def node(redis_server, name: str, **settings):
     return running_server(REDIS_URL=redis_server.url, NODE_ID=name, **settings)
-
-
-async def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
 
 
 async def listed(url: str, **params) -> list[dict]:
