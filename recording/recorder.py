@@ -153,8 +153,8 @@ class Recorder:
                 self._file = self._open(self.current)
             else:
                 elapsed = (frame.pts - self._file.first_pts) / VIDEO_CLOCK_RATE
-                if frame.keyframe and elapsed >= self.segment_s:
-                    self._roll_over()
+                if frame.keyframe and elapsed >= self.segment_s and not self._roll_over():
+                    return False
                 elif not self._key_asked and elapsed + 1.0 / self.pipeline.fps >= self.segment_s:
                     self._key_asked = True
                     self.pipeline.request_keyframe(CODEC)
@@ -162,8 +162,8 @@ class Recorder:
             self._update(self.current, self._file)
             return True
         except Exception as exc:  # OSError (ENOSPC, EFBIG, ...), av.FFmpegError: this recording ends
+            # the segment is marked failed by _end_segment, once its figures are those of the kept file
             self.error = f"Cannot write the recording: {describe(exc)}"
-            self.current.state, self.current.error = "failed", self.error
             log.error("recording %s (%s) failed: %s (%r)", self.current.recording_id, self.source, self.error, exc)
             return False
 
@@ -175,35 +175,43 @@ class Recorder:
         info.duration_s, info.frames, info.bytes = round(file.duration_s, 3), file.frames, file.bytes
         info.dropped_frames = self.dropped
 
-    def _roll_over(self) -> None:
-        """Close this segment (`done`) and go on in a new one, from this keyframe."""
+    def _roll_over(self) -> bool:
+        """Close this segment (`done`) and go on in a new one, from this keyframe; False if the
+        segment could not be closed (it is then `failed` and the recording ends)."""
         self._end_segment()
         if self.current.state == "failed":
-            raise OSError(self.current.error)
+            self.error = self.current.error
+            return False
         self.current = self.store.create(self.source, self.trigger, self.owner, self.model)
         self._file = self._open(self.current)
         self._key_asked = False
         self.dropped = 0
+        return True
 
     def _end_segment(self) -> None:
         info, file, self._file = self.current, self._file, None
-        if info is None or info.state not in ("recording", "failed") or info.ended_at is not None:
+        if info is None or info.state != "recording" or info.ended_at is not None:
             return
+        error = self.error
         if file is not None:
-            error = file.close()
+            closed = file.close()
+            if closed and not error:
+                error = f"Cannot write the recording: {closed}"
+                log.error("recording %s (%s) failed: %s", info.recording_id, self.source, error)
             self._update(info, file)
-            if error and info.state != "failed":
-                info.state, info.error = "failed", f"Cannot write the recording: {error}"
-            if info.state == "failed":  # the last fragment may not have reached the disk: list what plays
+            if error:  # the last fragment may not have reached the disk: list what plays
                 try:
-                    duration, info.frames = probe(self.store.video_path(info.recording_id))
-                    info.duration_s = round(duration, 3)
+                    duration, frames = probe(self.store.video_path(info.recording_id))
+                    info.duration_s, info.frames = round(duration, 3), frames
                 except Exception:  # nothing complete was written
                     info.duration_s, info.frames = 0.0, 0
-        if info.state == "recording":
-            if info.frames:
-                info.state = "done"
-            else:
-                info.state, info.error = "failed", "Stopped before the first keyframe: nothing was recorded."
+        # the figures first, the state last: a reader on the loop never sees a final state with
+        # figures that are about to change
         info.ended_at = time.time()
+        if error:
+            info.error, info.state = error, "failed"
+        elif info.frames:
+            info.state = "done"
+        else:
+            info.error, info.state = "Stopped before the first keyframe: nothing was recorded.", "failed"
         self.store.finished(info)
