@@ -3,8 +3,9 @@
 Two ways to feed aiortc (`ENCODE_MODE`):
 - `shared` (default): `recv()` returns the pipeline's shared encoded packet for this viewer's
   codec (`av.Packet`, time base 1/90000), which aiortc only packetises. Packets are taken in
-  order from the pipeline's short ring; a viewer starts at a keyframe, and after losing packets
-  (it fell further behind than the ring) it skips to the newest and asks for a keyframe.
+  order from the pipeline's short ring; a viewer starts at a keyframe (one at most `JOIN_BEHIND`
+  ticks old in the ring, else the next, asked for at once), and after losing packets (it fell
+  further behind than the ring) it skips to the newest and asks for a keyframe.
 - `per_viewer`: `recv()` returns an `av.VideoFrame` and aiortc encodes it for this viewer. The
   shared, read-only I420 image is wrapped in a new frame per viewer (aiortc's encoder writes
   `pts` and `pict_type` on the frame object it is given).
@@ -22,6 +23,7 @@ from aiortc.mediastreams import MediaStreamError
 from model import VIDEO_CLOCK_RATE, AIProcessor
 
 TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
+JOIN_BEHIND = 2  # a joining viewer may start from a keyframe this many ticks old
 
 
 class AIProcessedStream(VideoStreamTrack):
@@ -58,13 +60,14 @@ class AIProcessedStream(VideoStreamTrack):
             frame = av.VideoFrame.from_ndarray(out.i420, format="yuv420p")
             frame.pts, frame.time_base = out.pts, TIME_BASE
             return self._sent(out, frame)
+        if self._seq < 0:
+            self._join()
         while True:
-            out, lost = self.pipeline.after(self._seq) if self._seq >= 0 else (None, False)
+            out, lost = self.pipeline.after(self._seq)
             if out is None:
                 await self.pipeline.wait_tick()
-                if self._seq < 0:  # first packet: start from the newest tick
-                    self._seq = self.pipeline.newest().seq - 1
-                    self.request_keyframe()
+                if self._seq < 0:  # the pipeline had published nothing yet
+                    self._join()
                 continue
             if lost:
                 self.lost += 1
@@ -78,6 +81,21 @@ class AIProcessedStream(VideoStreamTrack):
             packet = av.Packet(encoded.data)
             packet.pts, packet.time_base = encoded.pts, TIME_BASE
             return self._sent(out, packet)
+
+    def _join(self) -> None:
+        """Where a new viewer starts: at a keyframe at most JOIN_BEHIND ticks old if the ring has
+        one (the frames after it follow at once, so it is live within a few packets and nobody
+        else pays for a keyframe), else at the newest tick, asking for a keyframe now rather
+        than a tick later (it comes with the next tick)."""
+        newest = self.pipeline.newest()
+        if newest is None:
+            return
+        key = self.pipeline.recent_keyframe(self.codec, JOIN_BEHIND)
+        if key is not None:
+            self._seq = key.seq - 1
+            return
+        self._seq = newest.seq - 1
+        self.request_keyframe()
 
     def _sent(self, out, media):
         self.frames_sent += 1

@@ -93,6 +93,9 @@ class AIProcessor:
     def after(self, seq: int) -> tuple[Optional[OutFrame], bool]:
         return self.ticker.after(seq)
 
+    def recent_keyframe(self, codec: str, ticks: int) -> Optional[OutFrame]:
+        return self.ticker.recent_keyframe(codec, ticks)
+
     def use_codec(self, codec: str) -> None:
         self.encoders.use(codec)
 

@@ -135,6 +135,21 @@ class Ticker:
                     return out, out.seq != seq + 1
         return None, False
 
+    def recent_keyframe(self, codec: str, ticks: int) -> Optional[OutFrame]:
+        """The newest ringed tick whose `codec` packet is a keyframe, if it is at most `ticks`
+        ticks older than the newest tick."""
+        with self._ring_lock:
+            if not self._ring:
+                return None
+            newest = self._ring[-1].seq
+            for out in reversed(self._ring):
+                if newest - out.seq > ticks:
+                    return None
+                encoded = out.encoded.get(codec)
+                if encoded is not None and encoded.keyframe:
+                    return out
+        return None
+
     def _deliver(self, tick: int) -> None:
         if self._closed:
             return

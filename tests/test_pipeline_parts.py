@@ -15,6 +15,7 @@ import pytest
 import pipeline.encoder_pool as encoder_pool
 from core.slots import LatestSlot
 from pipeline.encoder_pool import EncoderPool
+from pipeline.encoders import EncodeSettings
 from pipeline.fanout import ResultFanout
 from pipeline.frames import VIDEO_CLOCK_RATE
 from pipeline.stage import ProcessStage
@@ -118,6 +119,26 @@ async def test_ticker_publishes_every_tick_into_a_bounded_ring():
         await asyncio.to_thread(ticker.stop)
     with pytest.raises(Exception):
         await ticker.wait_tick()
+
+
+async def test_a_joining_viewer_is_offered_only_a_keyframe_at_most_n_ticks_old():
+    pool = EncoderPool(W, H, 30, EncodeSettings(keyframe_interval_s=60))
+    pool.use("vp8")
+    ticker = Ticker("vg-test-clock", 30, W, H, LatestSlot(), lambda: "live", pool)
+    ticker.start(asyncio.get_running_loop())
+    try:
+        await ticker.wait_tick()
+        key = ticker.newest()
+        while ticker.newest().encoded.get("vp8") is None or not ticker.newest().encoded["vp8"].keyframe:
+            await ticker.wait_tick()
+            key = ticker.newest()
+        assert ticker.recent_keyframe("vp8", 2) is key
+        assert ticker.recent_keyframe("h264", 2) is None  # not encoded
+        while ticker.newest().seq - key.seq <= 2:
+            await ticker.wait_tick()
+        assert ticker.recent_keyframe("vp8", 2) is None, "older than 2 ticks: not a live start"
+    finally:
+        await asyncio.to_thread(ticker.stop)
 
 
 def test_encoder_pool_encodes_once_per_codec_in_use_and_starts_on_a_keyframe():

@@ -1,0 +1,266 @@
+"""Time to first frame in view mode (a benchmark, not a test).
+
+The server (`python main.py`, its own process, loopback, no STUN) plays a 640×480 30 fps file
+whose frames carry their index as black/white blocks (`tests/marked_frames.py`). Each viewer is
+an aiortc client that decodes what it gets and reads the index back.
+
+"First frame" is the first frame that decodes cleanly (its blocks read back) and is followed by
+30 clean decodes, and whose index is at most 2 frames behind the live stream: the live index at
+that moment is extrapolated from the viewer's own later frames (index − 30 × arrival time, their
+median), so a stale cached keyframe shows as frames behind. Per join it stamps each stage
+(answer back, ICE connected, DTLS connected, first decoded frame, first clean frame) from the
+moment the offer is sent; `offer_prep` is the client's own offer (ICE gathering) before that.
+
+Cases: a viewer joining a running source (one other viewer keeps it on; `--joins` sequential
+joins), the first viewer of a cold source (`--cold` times, the source stopped in between), and
+`--burst` viewers joining at once a running source (two client processes, released together).
+The anchor is the camera-mode first frame of `bench/echo_server.py` (plain aiortc, the same
+definition), measured `--anchors` times in the same run.
+
+    .venv/bin/python bench/first_frame.py --model person --json first.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from bench.camera_latency import echo_server  # noqa: E402
+from bench.server import server  # noqa: E402
+from marked_frames import MarkedCamera, mark, read_mark  # noqa: E402
+
+FPS = 30
+CLEAN_AFTER = 30
+MAX_BEHIND = 2
+STAGES = ("offer_prep", "answer", "ice", "dtls", "first_decoded", "first_frame")
+
+
+def marked_video(path: Path, seconds: int) -> None:
+    """A file of marked frames (H.264, ultrafast: cheap for the server to decode)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
+        stream.options = {"preset": "ultrafast", "tune": "zerolatency"}
+        stream.codec_context.time_base = Fraction(1, FPS)
+        for i in range(seconds * FPS):
+            frame = av.VideoFrame.from_ndarray(mark(i), format="bgr24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def first_clean(frames: list[tuple[float, int | None]]) -> tuple[float, int] | None:
+    """(arrival, frames behind) of the first frame that counts (see the module's doc)."""
+    for i in range(len(frames) - CLEAN_AFTER):
+        run = frames[i:i + CLEAN_AFTER + 1]
+        if any(index is None for _, index in run):
+            continue
+        live = statistics.median(index - FPS * t for t, index in run[10:])
+        behind = live + FPS * run[0][0] - run[0][1]
+        if behind <= MAX_BEHIND + 0.5:  # half a frame for the arrival jitter of the estimate
+            return run[0][0], round(behind, 1)
+    return None
+
+
+async def join(url: str, send_track=None, timeout: float = 20.0, gate=None) -> dict:
+    """One viewer (camera mode with `send_track`): stage times in ms from the moment the offer is
+    sent (`offer_prep`: the client's own offer before that, not counted). With `gate`, the offer
+    is prepared, then sent once `await gate()` returns."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    stamps: dict[str, float] = {}
+    prep = time.monotonic()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver(send_track, direction="sendrecv") if send_track else pc.addTransceiver("video", direction="recvonly")
+    track_future = asyncio.get_running_loop().create_future()
+    pc.on("track", lambda t: track_future.done() or track_future.set_result(t))
+    pc.on("iceconnectionstatechange", lambda: pc.iceConnectionState == "completed" and stamps.setdefault("ice", time.monotonic()))
+    pc.on("connectionstatechange", lambda: pc.connectionState == "connected" and stamps.setdefault("dtls", time.monotonic()))
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        offer_prep = round((time.monotonic() - prep) * 1000, 1)
+        if gate is not None:
+            await gate()
+        t0 = time.monotonic()
+        async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
+            r = await http.post("/api/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
+        if r.status_code != 200:
+            return {"error": f"{r.status_code} {r.text[:200]}"}
+        stamps["answer"] = time.monotonic()
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=r.json()["sdp"], type="answer"))
+        track = await asyncio.wait_for(track_future, timeout)
+        frames: list[tuple[float, int | None]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            frame = await asyncio.wait_for(track.recv(), timeout)
+            now = time.monotonic()
+            stamps.setdefault("first_decoded", now)
+            index = read_mark(frame.to_ndarray(format="bgr24"))
+            frames.append((now - t0, index))
+            found = first_clean(frames)  # camera mode: the indices the client sent, the same estimate
+            if found:
+                stamps["first_frame"] = t0 + found[0]
+                return {**{k: round((v - t0) * 1000, 1) for k, v in stamps.items()}, "behind": found[1],
+                        "offer_prep": offer_prep}
+        return {"error": "no clean first frame in time"}
+    finally:
+        await pc.close()
+
+
+def summary(rows: list[dict]) -> dict:
+    ok = [r for r in rows if "error" not in r]
+    out = {"n": len(rows), "failed": len(rows) - len(ok)}
+    for stage in STAGES:
+        values = [r[stage] for r in ok if stage in r]
+        if values:
+            out[stage] = {"p50": round(statistics.median(values), 1), "max": round(max(values), 1)}
+    out["behind_max"] = max((r["behind"] for r in ok), default=None)
+    return out
+
+
+async def source_state(url: str) -> str:
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        return next(s["state"] for s in (await http.get("/api/sources")).json()["sources"] if s["name"] == "default")
+
+
+async def cold_joins(url: str, n: int) -> list[dict]:
+    rows = []
+    for _ in range(n):
+        deadline = time.monotonic() + 20
+        while await source_state(url) != "idle" and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        rows.append(await join(url))
+    return rows
+
+
+async def warm_joins(url: str, n: int) -> list[dict]:
+    keeper = await join_and_hold(url)
+    try:
+        rows = []
+        for _ in range(n):
+            rows.append(await join(url))
+            await asyncio.sleep(0.3)
+        return rows
+    finally:
+        await keeper.close()
+
+
+async def join_and_hold(url: str):
+    from rtc_client import connect
+
+    viewer = await connect(url)
+    await viewer.receive(10)
+    return viewer
+
+
+def burst_worker(url: str, n: int, go: mp.Event, ready: mp.Queue, out: mp.Queue) -> None:
+    async def main():
+        from webrtc.ice import restrict_host_addresses
+
+        restrict_host_addresses(["127.0.0.1"])
+        prepared = asyncio.Semaphore(0)
+
+        async def gate():  # every offer of this process prepared, then all sent together
+            prepared.release()
+            while not go.is_set():
+                await asyncio.sleep(0.001)
+
+        joins = asyncio.gather(*(join(url, timeout=30, gate=gate) for _ in range(n)))
+        for _ in range(n):
+            await prepared.acquire()
+        ready.put(n)
+        out.put(await joins)
+    asyncio.run(main())
+
+
+async def burst(url: str, n: int, processes: int = 2) -> list[dict]:
+    keeper = await join_and_hold(url)
+    try:
+        go, ready, out = mp.Event(), mp.Queue(), mp.Queue()
+        counts = [n // processes + (i < n % processes) for i in range(processes)]
+        workers = [mp.Process(target=burst_worker, args=(url, c, go, ready, out)) for c in counts]
+        for w in workers:
+            w.start()
+        for _ in workers:
+            ready.get(timeout=60)
+        await asyncio.sleep(1.0)
+        go.set()
+        rows = []
+        for _ in workers:
+            rows += await asyncio.get_running_loop().run_in_executor(None, out.get, True, 120)
+        for w in workers:
+            w.join(30)
+        return rows
+    finally:
+        await keeper.close()
+
+
+async def anchors(n: int) -> list[dict]:
+    rows = []
+    for _ in range(n):
+        with echo_server() as url:
+            camera = MarkedCamera(fps=FPS)
+            rows.append(await join(url, send_track=camera))
+            camera.stop()
+    return rows
+
+
+async def run(args) -> dict:
+    from webrtc.ice import restrict_host_addresses
+
+    restrict_host_addresses(["127.0.0.1"])
+    result = {"model": args.model, "anchor": summary(await anchors(args.anchors))}
+    with tempfile.TemporaryDirectory() as media:
+        marked_video(Path(media) / "marked.mp4", 120)
+        settings = {"DEFAULT_MODEL": args.model, "MEDIA_DIR": media, "VIDEO_FILE_PATH": "marked.mp4",
+                    "VIDEO_BITRATE": args.bitrate}
+        with server(**settings) as (url, _):
+            await join(url)  # warm-up: imports, the model's first run
+            result["cold"] = summary(await cold_joins(url, args.cold))
+            result["join"] = summary(await warm_joins(url, args.joins))
+        with server(**settings) as (url, _):
+            await join(url)
+            result["burst"] = summary(await burst(url, args.burst))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="person")
+    ap.add_argument("--bitrate", type=int, default=1_000_000)
+    ap.add_argument("--anchors", type=int, default=5)
+    ap.add_argument("--cold", type=int, default=10)
+    ap.add_argument("--joins", type=int, default=20)
+    ap.add_argument("--burst", type=int, default=32)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    result = asyncio.run(run(args))
+    print("| case | n | failed | " + " | ".join(f"{s} p50/max ms" for s in STAGES) + " | frames behind (max) |")
+    print("|---|---|---|" + "---|" * len(STAGES) + "---|")
+    for case in ("anchor", "cold", "join", "burst"):
+        r = result[case]
+        cells = [f"{r[s]['p50']}/{r[s]['max']}" if s in r else "-" for s in STAGES]
+        print(f"| {case} | {r['n']} | {r['failed']} | " + " | ".join(cells) + f" | {r['behind_max']} |")
+    print(json.dumps(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
