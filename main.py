@@ -47,6 +47,7 @@ from compat.asgi import self_check as check_asgi
 from compat.uvicorn import install as limit_connections
 from compat.uvicorn import self_check as check_uvicorn
 from config import APP_NAME, APP_VERSION, InvalidSettings, Settings, check_port, get_settings, load_settings
+from core.gcpause import freeze_startup_heap, thaw
 from core.looplag import LoopLag
 from core.metrics import Metrics
 from core.procs import empty_given_dir, serve
@@ -145,6 +146,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         # on the uvicorn server running this app, however it was started (doc/SECURITY.md)
         connections = limit_connections(settings.HEADER_TIMEOUT_S, settings.MAX_CONNECTIONS_PER_IP)
         print_banner(settings, services.sources["default"])
+        freeze_startup_heap()  # last: what start-up made lives as long as the process
         yield
         await services.sessions.close_all()
         await services.events.stop()  # open visits end (person_gone), pending writes done
@@ -154,6 +156,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         await services.loop_lag.stop()
         await services.metrics.stop()
         connections.uninstall()
+        thaw()
         log.info("shut down: every session closed, every pipeline stopped")
 
     app = FastAPIOffline(  # /docs and /redoc from the package's own assets, not a CDN

@@ -94,3 +94,13 @@ def test_loop_lag_p99_covers_the_last_minute_only():
     for small in (0.002, 0.002, 0.002):
         stale.record(small, now)
     assert stale.p99() == 0.002  # stalls more than a minute ago no longer count
+
+
+async def test_start_up_objects_are_left_out_of_the_collectors_full_passes():
+    """A full GC pass over the start-up heap stalled the loop 25–180 ms (core/gcpause.py)."""
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    async with running_server():
+        assert gc.get_freeze_count() > 10_000  # FastAPI, aiortc, the model runtime, the settings
+    assert gc.get_freeze_count() == 0  # thawed at shutdown: a stopped app can be collected

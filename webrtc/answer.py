@@ -89,7 +89,7 @@ async def answer_offer(pc: RTCPeerConnection, sdp: str, mode: str, spec: Optiona
         if shared_encode:
             # before the sender starts: it starts only once ICE and DTLS connect
             mid = next(t for t in pc.getTransceivers() if t.sender is sender).mid
-            track.use_shared_encoder(negotiated_codec(pc.localDescription.sdp, mid))
-            route_keyframe_requests(sender, track.request_keyframe)
+            track.use_shared_encoder(negotiated_codec(answer.sdp, mid))
+            route_keyframe_requests(sender, track.picture_lost)
         undo.pop_all()  # success: the session owns the track now
     return Answered(track=track, spec=spec, camera=camera, gate=gates[0] if camera is not None else None)

@@ -63,11 +63,18 @@ def negotiated_codec(answer_sdp: str, mid: str) -> str:
     """The video codec ("vp8" or "h264") the answer chose for the section `mid`.
 
     Read from the answer, not the offer: aiortc drops H.264 profiles it cannot send, so the
-    offer's first codec is not always the one negotiated."""
-    for media in SessionDescription.parse(answer_sdp).media:
-        if media.kind == "video" and media.rtp.muxId == mid:
-            for codec in media.rtp.codecs:
-                name = codec.mimeType.split("/")[-1].lower()
-                if name in SUPPORTED_VIDEO_CODECS:
-                    return name
+    offer's first codec is not always the one negotiated. A line scan of our own answer (its
+    first payload type with a supported codec), not a full parse: it runs on every offer."""
+    for section in answer_sdp.split("\r\nm=")[1:]:
+        lines = section.split("\r\n")
+        if not lines[0].startswith("video ") or f"a=mid:{mid}" not in lines:
+            continue
+        names = {}
+        for line in lines:
+            if line.startswith("a=rtpmap:"):
+                pt, _, encoding = line[9:].partition(" ")
+                names[pt] = encoding.split("/")[0].lower()
+        for pt in lines[0].split()[3:]:  # "video <port> <proto> <pt> <pt> ...", in preference order
+            if names.get(pt) in SUPPORTED_VIDEO_CODECS:
+                return names[pt]
     raise OfferError("The answer has no usable video codec.")
