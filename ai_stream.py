@@ -37,6 +37,7 @@ class AIProcessedStream(VideoStreamTrack):
         self.frames_sent = 0
         self.last_frame_id = 0
         self.keyframe_requests = 0
+        self.plis = 0  # PLI/FIR from the viewer
         self.lost = 0  # times this viewer fell behind the ring and had to wait for a keyframe
         self._seq = -1
         self._need_keyframe = True
@@ -47,10 +48,20 @@ class AIProcessedStream(VideoStreamTrack):
         self.pipeline.use_codec(codec)
 
     def request_keyframe(self) -> None:
-        """This viewer's decoder needs a keyframe (PLI/FIR); the shared encoder rate-limits."""
+        """This viewer starts (or starts again) and needs a keyframe; the shared encoder rate-limits."""
         self.keyframe_requests += 1
         if self.codec is not None:
             self.pipeline.request_keyframe(self.codec)
+
+    def picture_lost(self) -> None:
+        """The viewer's decoder broke (PLI/FIR: NACK could not repair it). Its deltas are useless
+        until a keyframe, so none is sent; the keyframe is forced only if enough viewers wait
+        (`EncoderPool.request_keyframe`), else it is the periodic one."""
+        self.keyframe_requests += 1
+        self.plis += 1
+        if self.codec is not None:
+            self._need_keyframe = True
+            self.pipeline.request_keyframe(self.codec, broken=id(self))
 
     async def recv(self) -> Union[av.VideoFrame, av.Packet]:
         if self.readyState != "live":

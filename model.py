@@ -102,8 +102,8 @@ class AIProcessor:
     def drop_codec(self, codec: str) -> None:
         self.encoders.drop(codec)
 
-    def request_keyframe(self, codec: str) -> None:
-        self.encoders.request_keyframe(codec)
+    def request_keyframe(self, codec: str, broken: Optional[int] = None) -> None:
+        self.encoders.request_keyframe(codec, broken)
 
     def add_tap(self, tap: Callable[[OutFrame], None]) -> None:
         """Call `tap` on the clock thread with every published tick (it must never block)."""

@@ -16,6 +16,7 @@ from pipeline.encoders import EncodedFrame, EncodeSettings, SharedEncoder
 
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 30.0
+BROKEN_SHARE = 4  # viewers' PLIs force a shared keyframe once 1 in BROKEN_SHARE of them wait
 
 
 class EncoderPool:
@@ -26,6 +27,7 @@ class EncoderPool:
         self.on_error = on_error  # where faults are recorded (the clock thread's worker)
         self.encoders: dict[str, SharedEncoder] = {}
         self._users: dict[str, int] = {}  # codec → viewers using it
+        self._broken: dict[str, set[int]] = {}  # codec → viewers waiting for a keyframe after a PLI
         self._lock = threading.Lock()  # viewers come and go on the loop; the clock thread encodes
         # one clock thread encodes at a time: a restart may leave a stuck one behind, and an
         # encoder's context must never be used by two threads at once
@@ -43,10 +45,23 @@ class EncoderPool:
         with self._lock:
             self._users[codec] -= 1
 
-    def request_keyframe(self, codec: str) -> None:
+    def request_keyframe(self, codec: str, broken: Optional[int] = None) -> None:
+        """Ask for a keyframe of `codec`. For a joining viewer (`broken` None) it comes with the
+        next tick the encoder's rate limit allows. For a viewer whose picture broke (PLI/FIR:
+        `broken` names it) only once at least a quarter of the codec's viewers wait for one
+        (a lone viewer always): otherwise that viewer waits for the periodic keyframe, and one
+        viewer's packet loss does not cost every other viewer a keyframe."""
         encoder = self.encoders.get(codec)
-        if encoder is not None:
-            encoder.request_keyframe()
+        if encoder is None:
+            return
+        if broken is not None:
+            with self._lock:
+                waiting = self._broken.setdefault(codec, set())
+                waiting.add(broken)
+                if len(waiting) * BROKEN_SHARE < self._users.get(codec, 0):
+                    encoder.deferred_requests += 1
+                    return
+        encoder.request_keyframe()
 
     def get(self, codec: str) -> Optional[SharedEncoder]:
         return self.encoders.get(codec)
@@ -82,6 +97,9 @@ class EncoderPool:
                     with self._lock:
                         self.encoders[codec] = encoder
                 encoded[codec] = encoder.encode(i420, tick, pts)
+                if encoded[codec].keyframe and self._broken.get(codec):
+                    with self._lock:
+                        self._broken.pop(codec, None)  # every broken viewer starts again from it
                 self._retry.pop(codec, None)
                 self.failing.pop(codec, None)
             except Exception as exc:  # replaced (from a keyframe) after a backoff; the other codec goes on

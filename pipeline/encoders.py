@@ -3,8 +3,9 @@ pipeline receives the same bytes (aiortc only packetises an `av.Packet`: `encode
 
 - VP8 (libvpx, realtime) and H.264 (libx264, constrained baseline, zerolatency, no B-frames),
   constant bitrate `VIDEO_BITRATE`, a keyframe every `KEYFRAME_INTERVAL` seconds.
-- Keyframes on request (a new viewer, a viewer's PLI/FIR, a viewer that lost frames) are rate
-  limited: a request is remembered and honoured at most every `MIN_FORCED_GAP_S`.
+- Keyframes on request (a new viewer, a viewer that lost frames, enough viewers' PLI/FIR: see
+  `EncoderPool.request_keyframe`) are rate limited: a request is remembered and honoured at
+  most every `MIN_FORCED_GAP_S`.
 - One bitrate for every viewer of a source: receiver estimates (REMB) are not applied.
 """
 
@@ -52,6 +53,7 @@ class SharedEncoder:
         self.keyframes = 0
         self.forced_keyframes = 0
         self.keyframe_requests = 0
+        self.deferred_requests = 0  # viewers' PLIs left to the periodic keyframe (see EncoderPool)
         self.bytes = 0
         self.encode_ms = 0.0  # moving mean
 
@@ -86,6 +88,7 @@ class SharedEncoder:
     def stats(self) -> dict:
         return {"codec": self.codec, "frames": self.frames, "keyframes": self.keyframes,
                 "forced_keyframes": self.forced_keyframes, "keyframe_requests": self.keyframe_requests,
+                "deferred_keyframe_requests": self.deferred_requests,
                 "bytes": self.bytes, "mean_encode_ms": round(self.encode_ms, 2)}
 
 
