@@ -1,8 +1,9 @@
 """`AIProcessedStream`: the per-viewer video track.
 
 Two ways to feed aiortc (`ENCODE_MODE`):
-- `shared` (default): `recv()` returns the pipeline's shared encoded packet for this viewer's
-  codec (`av.Packet`, time base 1/90000), which aiortc only packetises. Packets are taken in
+- `shared` (default): `recv()` returns the pipeline's shared encoded frame for this viewer's
+  codec (`EncodedFrame`, already cut into RTP payloads, pts at 90 kHz), whose payloads aiortc
+  sends as they are (`compat.aiortc.send_prepacked`). Frames are taken in
   order from the pipeline's short ring; a viewer starts at a keyframe (one at most `JOIN_BEHIND`
   ticks old in the ring, else the next, asked for at once), and after losing packets (it fell
   further behind than the ring) it skips to the newest and asks for a keyframe.
@@ -20,7 +21,7 @@ import av
 from aiortc import VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from model import VIDEO_CLOCK_RATE, AIProcessor
+from model import VIDEO_CLOCK_RATE, AIProcessor, EncodedFrame
 
 TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 JOIN_BEHIND = 2  # a joining viewer may start from a keyframe this many ticks old
@@ -63,7 +64,7 @@ class AIProcessedStream(VideoStreamTrack):
             self._need_keyframe = True
             self.pipeline.request_keyframe(self.codec, broken=id(self))
 
-    async def recv(self) -> Union[av.VideoFrame, av.Packet]:
+    async def recv(self) -> Union[av.VideoFrame, EncodedFrame]:
         if self.readyState != "live":
             raise MediaStreamError
         if self.codec is None:
@@ -89,9 +90,7 @@ class AIProcessedStream(VideoStreamTrack):
             if encoded is None or (self._need_keyframe and not encoded.keyframe):
                 continue  # the encoder starts next tick, or a keyframe is on its way
             self._need_keyframe = False
-            packet = av.Packet(encoded.data)
-            packet.pts, packet.time_base = encoded.pts, TIME_BASE
-            return self._sent(out, packet)
+            return self._sent(out, encoded)  # its payloads go out as they are (send_prepacked)
 
     def _join(self) -> None:
         """Where a new viewer starts: at a keyframe at most JOIN_BEHIND ticks old if the ring has

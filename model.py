@@ -24,7 +24,7 @@ from core.metrics import NOOP
 from core.slots import LatestSlot
 from core.workers import Worker
 from pipeline.encoder_pool import EncoderPool
-from pipeline.encoders import EncodeSettings
+from pipeline.encoders import EncodedFrame, EncodeSettings  # noqa: F401 (EncodedFrame: for ai_stream)
 from pipeline.fanout import ResultFanout
 from pipeline.frames import VIDEO_CLOCK_RATE, OutFrame, ProcessedFrame
 from pipeline.stage import ProcessStage, StageMeters

@@ -39,9 +39,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- server measurements ----------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+def cpu_seconds(pid: int, thread: bool = False) -> float:
+    """utime + stime of the process (all threads), or of its main thread alone (`thread`: the
+    event loop, where every per-viewer send runs)."""
+    path = f"/proc/{pid}/task/{pid}/stat" if thread else f"/proc/{pid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def rss_mb(pid: int) -> float:
@@ -105,13 +108,17 @@ def run(viewers: int, mode: str, seconds: float, settings: dict, codec: str = "v
             ready.get(timeout=180)
         time.sleep(2)  # settle
         rss0, cpu0, t0 = rss_mb(proc.pid), cpu_seconds(proc.pid), time.monotonic()
+        clients0, loop0 = sum(cpu_seconds(w.pid) for w in workers), cpu_seconds(proc.pid, thread=True)
         time.sleep(seconds)
         cpu1, t1, rss1 = cpu_seconds(proc.pid), time.monotonic(), rss_mb(proc.pid)
+        clients1, loop1 = sum(cpu_seconds(w.pid) for w in workers), cpu_seconds(proc.pid, thread=True)
         stop.set()
         per_viewer = [v for _ in workers for v in out.get(timeout=120)]
         for w in workers:
             w.join(30)
-    return summarise(per_viewer, t0, t1, cpu1 - cpu0, rss0, rss1) | {"viewers": viewers, "mode": mode, "codec": codec}
+    return summarise(per_viewer, t0, t1, cpu1 - cpu0, rss0, rss1) | {
+        "viewers": viewers, "mode": mode, "codec": codec, "client_cpu_pct": round(100 * (clients1 - clients0) / (t1 - t0), 1),
+        "loop_cpu_pct": round(100 * (loop1 - loop0) / (t1 - t0), 1)}
 
 
 def summarise(per_viewer, t0, t1, cpu_s, rss0, rss1) -> dict:
@@ -192,15 +199,20 @@ def main() -> None:
     ap.add_argument("--codec", default="vp8")
     ap.add_argument("--decode", action="store_true", help="decode on the client too")
     ap.add_argument("--no-overload", action="store_true")
+    ap.add_argument("--model", default="person")
+    ap.add_argument("--bitrate", type=int, default=1_000_000, help="VIDEO_BITRATE")
+    ap.add_argument("--no-camera", action="store_true", help="skip the camera-mode run")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
 
-    base = {"DEFAULT_MODEL": "person", "VIDEO_FILE_PATH": "synthetic"}
+    # SATURATION_LAG_S=0: this measures what the server does with every viewer it is given
+    base = {"DEFAULT_MODEL": args.model, "VIDEO_FILE_PATH": "synthetic", "SATURATION_LAG_S": 0,
+            "VIDEO_BITRATE": args.bitrate}
     rows = []
     for mode in args.mode.split(","):
         for n in map(int, args.viewers.split(",")):
             row = run(n, mode, args.seconds, base, args.codec, args.decode)
-            row["case"] = "person, synthetic 30 fps"
+            row["case"] = f"{args.model}, synthetic 30 fps"
             rows.append(row)
             print(json.dumps(row), flush=True)
     if not args.no_overload:
@@ -216,23 +228,33 @@ def main() -> None:
             cam["case"] = "camera mode, slow detector"
             rows.append(cam)
             print(json.dumps(cam), flush=True)
-    cam = camera_run({"DEFAULT_MODEL": "person"}, "person", 30)
-    cam["case"] = "camera mode, person"
-    rows.append(cam)
-    print(json.dumps(cam), flush=True)
+    if not args.no_camera:
+        cam = camera_run({"DEFAULT_MODEL": "person"}, "person", 30)
+        cam["case"] = "camera mode, person"
+        rows.append(cam)
+        print(json.dumps(cam), flush=True)
 
     print(f"\nmachine: {os.cpu_count()} cores; window {args.seconds:.0f} s; codec {args.codec}; "
           f"client decode {'on' if args.decode else 'off'}\n")
     print("| case | mode | viewers | fps mean | fps min | gap p95 ms | gap max ms | first frame p50/max ms | "
-          "delay p95 ms | delay trend ms/s | server CPU % | CPU ms/frame | RSS MB start→end |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "delay p95 ms | delay trend ms/s | server CPU % | loop CPU % | CPU ms/frame | client CPU % | RSS MB start→end |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "viewers" not in r:
             continue
         print(f"| {r['case']} | {r['mode']} | {r['viewers']} | {r['fps_mean']} | {r['fps_min']} | {r['gap_p95_ms']} | "
               f"{r['gap_max_ms']} | {r['ttff_p50_ms']}/{r['ttff_max_ms']} | {r['delay_p95_ms']} | "
-              f"{r['delay_trend_ms_per_s']} | {r['server_cpu_pct']} | {r['server_cpu_ms_per_frame']} | "
-              f"{r['rss_start_mb']}→{r['rss_end_mb']} |")
+              f"{r['delay_trend_ms_per_s']} | {r['server_cpu_pct']} | {r['loop_cpu_pct']} | {r['server_cpu_ms_per_frame']} | "
+              f"{r['client_cpu_pct']} | {r['rss_start_mb']}→{r['rss_end_mb']} |")
+    for mode in args.mode.split(","):  # the server's CPU per added viewer-frame, fewest to most viewers
+        runs = sorted((r for r in rows if r.get("mode") == mode and "viewers" in r and "overload" not in r["case"]),
+                      key=lambda r: r["viewers"])
+        if len(runs) >= 2:
+            a, b = runs[0], runs[-1]
+            added = b["fps_mean"] * b["viewers"] - a["fps_mean"] * a["viewers"]
+            print(f"\n{mode}: CPU per added viewer-frame, {a['viewers']} → {b['viewers']} viewers: "
+                  f"{10 * (b['server_cpu_pct'] - a['server_cpu_pct']) / added:.3f} ms (process), "
+                  f"{10 * (b['loop_cpu_pct'] - a['loop_cpu_pct']) / added:.3f} ms (event loop thread)")
     print("\n| case | fps back | p50 ms | p95 ms | max ms | trend ms/s |\n|---|---|---|---|---|---|")
     for r in rows:
         if "p50_ms" in r:

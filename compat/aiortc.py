@@ -8,6 +8,10 @@ renamed `_send_keyframe` would leave viewers frozen until the next periodic keyf
 - `RTCRtpSender._send_keyframe`: aiortc calls it on PLI/FIR, but on the path where a track
   hands it encoded packets it only sets a flag its own (unused) encoder reads. We point it at
   the shared encoder (`route_keyframe_requests`).
+- `RTCRtpSender.__encoder` and the codecs' `_packetize` / `_split_bitstream`: in shared encode
+  mode each encoded frame is cut into RTP payloads once, on the clock thread, with aiortc's own
+  packetisers (`packetize`), and every viewer's sender is given a packer that hands those
+  payloads on (`send_prepacked`) instead of packetising the same bytes again per viewer.
 - `aioice.ice.get_host_addresses`: aioice offers every interface but 127.0.0.1 and has no
   option to choose; we replace the lookup process-wide (`use_host_addresses`).
 - `RemoteStreamTrack._queue`: the unbounded queue aiortc's decoder fills; camera mode drains it
@@ -29,6 +33,8 @@ import aioice.ice
 import aiortc
 import aiortc.rtcrtpreceiver
 from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
 from compat.checks import IncompatibleLibrary, check_internals  # noqa: F401 (IncompatibleLibrary: re-exported)
@@ -42,6 +48,32 @@ _original_get_host_addresses = aioice.ice.get_host_addresses
 def route_keyframe_requests(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
     """Make the sender's PLI/FIR handling call `callback` (the shared encoder's request)."""
     sender._send_keyframe = callback
+
+
+def packetize(codec: str, data: bytes, picture_id: int) -> tuple[bytes, ...]:
+    """RTP payloads of one encoded frame, as aiortc's own `pack` would cut them ("vp8": with
+    this VP8 picture id, 15 bits)."""
+    if codec == "vp8":
+        return tuple(Vp8Encoder._packetize(data, picture_id))
+    return tuple(H264Encoder._packetize(H264Encoder._split_bitstream(data)))
+
+
+class _Prepacked:
+    """Stands in for a sender's encoder: `pack(frame)` returns the frame's own payloads and its
+    90 kHz pts (what the sender asks of an encoder when a track hands it encoded media)."""
+
+    @staticmethod
+    def pack(frame) -> tuple[list[bytes], int]:
+        return list(frame.payloads), frame.pts
+
+
+_PREPACKED = _Prepacked()
+
+
+def send_prepacked(sender: RTCRtpSender) -> None:
+    """Make `sender` send the payloads of what its track returns (objects with `payloads` and
+    `pts`, see `packetize`) as they are: it never packetises nor creates an encoder."""
+    sender._RTCRtpSender__encoder = _PREPACKED
 
 
 def use_host_addresses(addresses: Optional[list[str]]) -> None:
@@ -128,6 +160,15 @@ def _sender_hook() -> bool:
             and _calls(getattr(RTCRtpSender, "_handle_rtcp_packet", None), "_send_keyframe"))
 
 
+def _prepacked() -> bool:
+    # the sender makes its encoder only when it has none, and packs what is not a Frame with it
+    names = RTCRtpSender._next_encoded_frame.__code__.co_names
+    return ({"_RTCRtpSender__encoder", "pack"} <= set(names)
+            and "_RTCRtpSender__encoder" in RTCRtpSender.__init__.__code__.co_names
+            and len(packetize("vp8", b"\x00" * 3000, 1)) == 3
+            and packetize("h264", b"\x00\x00\x00\x01\x67\x42" + b"\x01" * 10, 0) != ())
+
+
 def _host_lookup() -> bool:
     # aioice must still look the addresses up through this module-level name when gathering
     return (callable(getattr(aioice.ice, "get_host_addresses", None))
@@ -158,6 +199,7 @@ def _remote_queue() -> bool:
 
 INTERNALS: dict[str, Callable[[], bool]] = {
     "aiortc.RTCRtpSender._send_keyframe": _sender_hook,
+    "aiortc.RTCRtpSender.__encoder": _prepacked,
     "aioice.ice.get_host_addresses": _host_lookup,
     "aiortc.rtcrtpreceiver.RemoteStreamTrack._queue": _remote_queue,
     "aiortc.RTCRtpReceiver.__decoder_queue": _decoder_internals,

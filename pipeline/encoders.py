@@ -1,5 +1,6 @@
-"""Shared video encoders: each output tick is encoded once per codec, and every viewer of the
-pipeline receives the same bytes (aiortc only packetises an `av.Packet`: `encoder.pack`).
+"""Shared video encoders: each output tick is encoded once per codec and cut into RTP payloads
+once, and every viewer of the pipeline is sent the same payloads (aiortc only adds each
+viewer's RTP header and SRTP: `compat.aiortc.send_prepacked`).
 
 - VP8 (libvpx, realtime) and H.264 (libx264, constrained baseline, zerolatency, no B-frames),
   constant bitrate `VIDEO_BITRATE`, a keyframe every `KEYFRAME_INTERVAL` seconds.
@@ -20,6 +21,8 @@ import av
 import numpy as np
 from av.video.frame import PictureType
 
+from compat.aiortc import packetize
+
 MIN_FORCED_GAP_S = 0.3
 CODECS = ("vp8", "h264")
 
@@ -36,6 +39,7 @@ class EncodedFrame:
     data: bytes
     pts: int  # 90 kHz
     keyframe: bool
+    payloads: tuple[bytes, ...] = ()  # `data` cut into RTP payloads once, for every viewer
 
 
 class SharedEncoder:
@@ -83,7 +87,9 @@ class SharedEncoder:
         self.bytes += len(data)
         ms = (time.perf_counter() - t0) * 1000
         self.encode_ms = ms if self.frames == 1 else 0.95 * self.encode_ms + 0.05 * ms
-        return EncodedFrame(self.codec, data, pts, keyframe)
+        # VP8's picture id counts this encoder's frames: a viewer that skipped some sees the gap
+        payloads = packetize(self.codec, data, (self.frames - 1) % (1 << 15)) if data else ()
+        return EncodedFrame(self.codec, data, pts, keyframe, payloads)
 
     def stats(self) -> dict:
         return {"codec": self.codec, "frames": self.frames, "keyframes": self.keyframes,

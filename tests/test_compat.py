@@ -9,6 +9,7 @@ import aioice.ice
 import aiortc
 import pytest
 from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
 import compat.aiortc as compat
@@ -44,6 +45,9 @@ REMOVALS = {
     "aiortc.rtcrtpreceiver.RemoteStreamTrack._queue": _without_queue,
     "aiortc.RTCRtpReceiver.__decoder_queue":  # frames reach the decoder some other way
         lambda mp: mp.setattr(RTCRtpReceiver, "_handle_rtp_packet", _handler_without_hook),
+    "aiortc.RTCRtpSender.__encoder":  # a sender that packs some other way than through its encoder
+        lambda mp: mp.setattr(RTCRtpSender, "_next_encoded_frame", _handler_without_hook),
+    "aiortc.RTCRtpSender.__encoder (the packetiser is gone)": lambda mp: mp.delattr(Vp8Encoder, "_packetize"),
     "aiortc.RTCRtpReceiver.__stop_decoder": lambda mp: mp.delattr(RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder"),
 }
 

@@ -15,8 +15,8 @@ from test_webrtc import wait_until
 
 class SenderEncoders:
     """Records aiortc's own per-sender encoders (`aiortc.rtcrtpsender.get_encoder`, the name the
-    sender calls): how often each one encoded a frame and packed a pre-encoded packet. aiortc
-    makes one per sending track either way; in shared mode it must only ever pack."""
+    sender calls): how often each one encoded a frame and packed a pre-encoded packet. In shared
+    mode aiortc must make none: each viewer's sender sends the pipeline's payloads."""
 
     def __init__(self, monkeypatch) -> None:
         import aiortc.rtcrtpsender as sender_module
@@ -81,10 +81,9 @@ async def test_viewers_get_identical_encoded_frames_and_late_joiners_start_on_a_
         assert len(data_b) >= 60
         # after depacketising, b's frames are exactly the frames a received at the same time
         assert contiguous_in(data_b[:60], data_a), "viewers did not get identical encoded frames"
-        # encoded once for both: aiortc's per-viewer encoders only packed the shared packets
-        assert senders.total("encode") == 0, senders.encoders
-        assert senders.total("pack") >= len(data_a) + len(data_b), senders.encoders  # the counter is in the path
-        assert len(senders.encoders) == 2 and all(c["codec"] == f"video/{codec}" for c in senders.encoders)
+        # encoded and packetised once for both: aiortc made no encoder of its own for either
+        # viewer (the counter is in the path: the per-viewer test below sees it count)
+        assert senders.encoders == []
         for v in (a, b):
             session = svc.sessions.get(v.session_id)
             assert session.track.codec == codec

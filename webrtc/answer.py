@@ -15,7 +15,7 @@ from typing import Awaitable, Callable, Optional
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from ai_stream import AIProcessedStream
-from compat.aiortc import route_keyframe_requests
+from compat.aiortc import route_keyframe_requests, send_prepacked
 from model import AIProcessor
 from sources import FrameSource, SourceSpec
 from sources.track import TrackSource
@@ -91,5 +91,6 @@ async def answer_offer(pc: RTCPeerConnection, sdp: str, mode: str, spec: Optiona
             mid = next(t for t in pc.getTransceivers() if t.sender is sender).mid
             track.use_shared_encoder(negotiated_codec(answer.sdp, mid))
             route_keyframe_requests(sender, track.picture_lost)
+            send_prepacked(sender)
         undo.pop_all()  # success: the session owns the track now
     return Answered(track=track, spec=spec, camera=camera, gate=gates[0] if camera is not None else None)
