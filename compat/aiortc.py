@@ -7,7 +7,7 @@ renamed `_send_keyframe` would leave viewers frozen until the next periodic keyf
 
 - `RTCRtpSender._send_keyframe`: aiortc calls it on PLI/FIR, but on the path where a track
   hands it encoded packets it only sets a flag its own (unused) encoder reads. We point it at
-  the shared encoder (`route_keyframe_requests`).
+  the viewer's track, which asks the shared encoder (`route_keyframe_requests`).
 - `RTCRtpSender.__encoder` and the codecs' `_packetize` / `_split_bitstream`: in shared encode
   mode each encoded frame is cut into RTP payloads once, on the clock thread, with aiortc's own
   packetisers (`packetize`), and every viewer's sender is given a packer that hands those
@@ -46,7 +46,7 @@ _original_get_host_addresses = aioice.ice.get_host_addresses
 
 # -- the internals ------------------------------------------------------------------------
 def route_keyframe_requests(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
-    """Make the sender's PLI/FIR handling call `callback` (the shared encoder's request)."""
+    """Make the sender's PLI/FIR handling call `callback` (the viewer's track: `picture_lost`)."""
     sender._send_keyframe = callback
 
 

@@ -97,7 +97,7 @@ def test_loop_lag_p99_covers_the_last_minute_only():
 
 
 async def test_start_up_objects_are_left_out_of_the_collectors_full_passes():
-    """A full GC pass over the start-up heap stalled the loop 25–180 ms (core/gcpause.py)."""
+    """A full GC pass over the start-up heap stalled the loop for up to 178 ms (core/gcpause.py)."""
     import gc
 
     assert gc.get_freeze_count() == 0
