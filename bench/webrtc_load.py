@@ -8,11 +8,14 @@ viewer has its first frame:
 - time to first frame (p50, max),
 - queueing delay: each frame's arrival against its RTP timestamp, minus the smallest seen
   (p95, and its trend in ms per second: a queue that grows shows as a positive trend),
-- server CPU (% of one core, and CPU ms per delivered frame) and RSS at the start and end,
+- server CPU (% of one core, and CPU ms per delivered frame), its event-loop thread's CPU, the
+  load clients' CPU, and RSS at the start and end; with several viewer counts, the CPU per
+  added viewer-frame between the fewest and the most,
 - for the camera mode: round-trip latency p50/p95 and its trend (bench/camera_latency.py).
 
     .venv/bin/python bench/webrtc_load.py                    # the whole matrix, table + JSON
     .venv/bin/python bench/webrtc_load.py --viewers 8 --mode shared --seconds 10
+    .venv/bin/python bench/webrtc_load.py --viewers 1,32 --mode shared --no-overload --no-camera --model none
 """
 
 from __future__ import annotations
