@@ -12,6 +12,9 @@ renamed `_send_keyframe` would leave viewers frozen until the next periodic keyf
   mode each encoded frame is cut into RTP payloads once, on the clock thread, with aiortc's own
   packetisers (`packetize`), and every viewer's sender is given a packer that hands those
   payloads on (`send_prepacked`) instead of packetising the same bytes again per viewer.
+- `aiortc.rate.RateCounter`: every video receiver (one per peer connection, viewers included)
+  makes one with 1000 bucket objects, which lengthen every garbage-collector pass for as long
+  as the session lives; `use_lean_rate_counters` puts an equivalent on two lists of ints.
 - `aioice.ice.get_host_addresses`: aioice offers every interface but 127.0.0.1 and has no
   option to choose; we replace the lookup process-wide (`use_host_addresses`).
 - `RemoteStreamTrack._queue`: the unbounded queue aiortc's decoder fills; camera mode drains it
@@ -31,6 +34,7 @@ from typing import Callable, Optional
 
 import aioice.ice
 import aiortc
+import aiortc.rate
 import aiortc.rtcrtpreceiver
 from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs.h264 import H264Encoder
@@ -42,6 +46,7 @@ from compat.checks import IncompatibleLibrary, check_internals  # noqa: F401 (In
 PINNED = "aiortc==1.16.0"
 
 _original_get_host_addresses = aioice.ice.get_host_addresses
+_ORIGINAL_RATE_COUNTER = aiortc.rate.RateCounter
 
 
 # -- the internals ------------------------------------------------------------------------
@@ -74,6 +79,44 @@ def send_prepacked(sender: RTCRtpSender) -> None:
     """Make `sender` send the payloads of what its track returns (objects with `payloads` and
     `pts`, see `packetize`) as they are: it never packetises nor creates an encoder."""
     sender._RTCRtpSender__encoder = _PREPACKED
+
+
+class LeanRateCounter(aiortc.rate.RateCounter):
+    """aiortc's `RateCounter` (1 ms buckets over a window) with its buckets as two lists of ints
+    instead of one object per bucket: the same figures, nothing for the collector to walk."""
+
+    def reset(self) -> None:
+        self._counts = [0] * self._window_size
+        self._values = [0] * self._window_size
+        self._origin_index = 0
+        self._origin_ms = None
+        self._total = aiortc.rate.RateBucket()
+
+    def add(self, value: int, now_ms: int) -> None:
+        if self._origin_ms is None:
+            self._origin_ms = now_ms
+        else:
+            self._erase_old(now_ms)
+        index = (self._origin_index + now_ms - self._origin_ms) % self._window_size
+        self._counts[index] += 1
+        self._values[index] += value
+        self._total.count += 1
+        self._total.value += value
+
+    def _erase_old(self, now_ms: int) -> None:
+        new_origin_ms = now_ms - self._window_size + 1
+        while self._origin_ms < new_origin_ms:
+            i = self._origin_index
+            self._total.count -= self._counts[i]
+            self._total.value -= self._values[i]
+            self._counts[i] = self._values[i] = 0
+            self._origin_index = (i + 1) % self._window_size
+            self._origin_ms += 1
+
+
+def use_lean_rate_counters() -> None:
+    """Make aiortc's receivers count their incoming bitrate with `LeanRateCounter` (process-wide)."""
+    aiortc.rate.RateCounter = LeanRateCounter
 
 
 def use_host_addresses(addresses: Optional[list[str]]) -> None:
@@ -169,6 +212,20 @@ def _prepacked() -> bool:
             and packetize("h264", b"\x00\x00\x00\x01\x67\x42" + b"\x01" * 10, 0) != ())
 
 
+def _rate_counter() -> bool:
+    # the estimator still makes its counter through the module-level name, and ours counts alike
+    original = _ORIGINAL_RATE_COUNTER
+    if "RateCounter" not in aiortc.rate.RemoteBitrateEstimator.__init__.__code__.co_names:
+        return False
+    a, b = original(50, 8000), LeanRateCounter(50, 8000)
+    for now, value in ((0, 100), (3, 200), (3, 50), (40, 1200), (70, 10), (71, 300), (200, 5), (230, 700)):
+        a.add(value, now)
+        b.add(value, now)
+        if a.rate(now + 1) != b.rate(now + 1):
+            return False
+    return True
+
+
 def _host_lookup() -> bool:
     # aioice must still look the addresses up through this module-level name when gathering
     return (callable(getattr(aioice.ice, "get_host_addresses", None))
@@ -200,6 +257,7 @@ def _remote_queue() -> bool:
 INTERNALS: dict[str, Callable[[], bool]] = {
     "aiortc.RTCRtpSender._send_keyframe": _sender_hook,
     "aiortc.RTCRtpSender.__encoder": _prepacked,
+    "aiortc.rate.RateCounter": _rate_counter,
     "aioice.ice.get_host_addresses": _host_lookup,
     "aiortc.rtcrtpreceiver.RemoteStreamTrack._queue": _remote_queue,
     "aiortc.RTCRtpReceiver.__decoder_queue": _decoder_internals,

@@ -7,6 +7,7 @@ import re
 
 import aioice.ice
 import aiortc
+import aiortc.rate
 import pytest
 from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs.vpx import Vp8Encoder
@@ -41,6 +42,8 @@ REMOVALS = {
     "aiortc.RTCRtpSender._send_keyframe": lambda mp: mp.delattr(RTCRtpSender, "_send_keyframe"),
     "aiortc.RTCRtpSender._send_keyframe (no longer called on PLI)":
         lambda mp: mp.setattr(RTCRtpSender, "_handle_rtcp_packet", _handler_without_hook),
+    "aiortc.rate.RateCounter":  # the estimator makes its counter some other way
+        lambda mp: mp.setattr(aiortc.rate.RemoteBitrateEstimator, "__init__", lambda self: None),
     "aioice.ice.get_host_addresses": lambda mp: mp.delattr(aioice.ice, "get_host_addresses"),
     "aiortc.rtcrtpreceiver.RemoteStreamTrack._queue": _without_queue,
     "aiortc.RTCRtpReceiver.__decoder_queue":  # frames reach the decoder some other way
@@ -97,3 +100,19 @@ def test_no_other_module_touches_library_internals():
             if isinstance(node.ctx, ast.Store) and isinstance(root, ast.Name) and root.id in library_names:
                 offenders.append(f"{rel}:{node.lineno} patches {root.id}...{node.attr}")
     assert offenders == []
+
+
+def test_the_lean_rate_counter_counts_like_aiortcs_own():
+    import random
+
+    rng = random.Random(7)
+    a, b = compat._ORIGINAL_RATE_COUNTER(1000, 8000), compat.LeanRateCounter(1000, 8000)
+    now = 0
+    for _ in range(5000):
+        now += rng.choice((0, 1, 1, 2, 5, 40, 1500))
+        value = rng.randrange(1, 1500)
+        a.add(value, now)
+        b.add(value, now)
+        assert a.rate(now) == b.rate(now)
+    b.reset()
+    assert b.rate(now) is None and len(b._counts) == 1000
