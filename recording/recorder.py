@@ -153,8 +153,9 @@ class Recorder:
                 self._file = self._open(self.current)
             else:
                 elapsed = (frame.pts - self._file.first_pts) / VIDEO_CLOCK_RATE
-                if frame.keyframe and elapsed >= self.segment_s and not self._roll_over():
-                    return False
+                if frame.keyframe and elapsed >= self.segment_s:
+                    if not self._roll_over():
+                        return False
                 elif not self._key_asked and elapsed + 1.0 / self.pipeline.fps >= self.segment_s:
                     self._key_asked = True
                     self.pipeline.request_keyframe(CODEC)

@@ -27,9 +27,9 @@ W, H, FPS = 320, 240, 10
 class FakePipeline:
     """What a Recorder uses of an AIProcessor, driven tick by tick by the test."""
 
-    def __init__(self) -> None:
+    def __init__(self, keyframe_interval_s: float = 1.0) -> None:
         self.fps, self.width, self.height, self.model = FPS, W, H, "none"
-        self.encoder = SharedEncoder("h264", W, H, FPS, 500_000, 1.0)
+        self.encoder = SharedEncoder("h264", W, H, FPS, 500_000, keyframe_interval_s)
         self.taps: list = []
         self.codec_users = 0
         self.tick_no = 0
@@ -132,6 +132,22 @@ def test_segments_roll_over_on_a_keyframe_without_losing_a_frame(tmp_path):
     for s in segments:
         first = packets(store.video_path(s.recording_id))[0]
         assert first == (0, True)
+
+
+def test_every_segment_asks_for_the_keyframe_that_ends_it(tmp_path):
+    """No periodic keyframes: each segment ends only on the keyframe it asked for, one tick early."""
+    store = RecordingStore(tmp_path)
+    pipeline = FakePipeline(keyframe_interval_s=600)
+    rec = Recorder(pipeline, store, "cam", "continuous", segment_s=2.0)
+    rec.start()
+    for _ in range(2 * 2 * FPS + FPS // 2):
+        pipeline.tick()
+        time.sleep(0.035)  # wall time between requests > the encoder's 0.3 s rate limit
+    rec.finish()
+    segments = sorted(store.list(), key=lambda i: i.started_at)
+    assert [s.state for s in segments] == ["done"] * 3, segments
+    assert [round(s.duration_s, 1) for s in segments[:2]] == [2.0, 2.0], segments
+    assert pipeline.encoder.forced_keyframes == 3  # the first, then one per roll-over, nothing more
 
 
 def test_a_sidecar_left_recording_by_a_crash_becomes_done_with_its_real_duration(tmp_path):
