@@ -14,6 +14,7 @@ Two ways to feed aiortc (`ENCODE_MODE`):
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 from typing import Awaitable, Callable, Optional, Union
 
@@ -21,10 +22,12 @@ import av
 from aiortc import VideoStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from model import VIDEO_CLOCK_RATE, AIProcessor, EncodedFrame
+from model import VIDEO_CLOCK_RATE, AIProcessor
+from pipeline.encoders import EncodedFrame
 
 TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 JOIN_BEHIND = 2  # a joining viewer may start from a keyframe this many ticks old
+_viewer_ids = itertools.count(1)  # never reused, unlike id()
 
 
 class AIProcessedStream(VideoStreamTrack):
@@ -42,27 +45,28 @@ class AIProcessedStream(VideoStreamTrack):
         self.lost = 0  # times this viewer fell behind the ring and had to wait for a keyframe
         self._seq = -1
         self._need_keyframe = True
+        self.viewer_id = next(_viewer_ids)
 
     def use_shared_encoder(self, codec: str) -> None:
         """Send the pipeline's shared `codec` packets instead of frames (call before it starts)."""
         self.codec = codec
-        self.pipeline.use_codec(codec)
+        self.pipeline.use_codec(codec, viewer=True)
 
-    def request_keyframe(self) -> None:
-        """This viewer starts (or starts again) and needs a keyframe; the shared encoder rate-limits."""
+    def request_keyframe(self, join: bool = False) -> None:
+        """This viewer starts (`join`) or fell behind the ring: it needs a keyframe (rate-limited)."""
         self.keyframe_requests += 1
         if self.codec is not None:
-            self.pipeline.request_keyframe(self.codec)
+            self.pipeline.request_keyframe(self.codec, join=join)
 
     def picture_lost(self) -> None:
-        """The viewer's decoder broke (PLI/FIR: NACK could not repair it). Its deltas are useless
-        until a keyframe, so none is sent; the keyframe is forced only if enough viewers wait
-        (`EncoderPool.request_keyframe`), else it is the periodic one."""
+        """The viewer's decoder broke (PLI/FIR: NACK could not repair it). A keyframe is forced
+        only if enough viewers wait, or it waited too long (`EncoderPool.request_keyframe`); else
+        the periodic one serves it. Deltas keep going: a decoder that is fine after all (a PLI
+        sent before its keyframe arrived) must not freeze, and a broken one drops them."""
         self.keyframe_requests += 1
         self.plis += 1
         if self.codec is not None:
-            self._need_keyframe = True
-            self.pipeline.request_keyframe(self.codec, broken=id(self))
+            self.pipeline.request_keyframe(self.codec, broken=self.viewer_id)
 
     async def recv(self) -> Union[av.VideoFrame, EncodedFrame]:
         if self.readyState != "live":
@@ -75,11 +79,13 @@ class AIProcessedStream(VideoStreamTrack):
         if self._seq < 0:
             self._join()
         while True:
+            if self._seq < 0:  # the pipeline had published nothing yet
+                await self.pipeline.wait_tick()
+                self._join()
+                continue
             out, lost = self.pipeline.after(self._seq)
             if out is None:
                 await self.pipeline.wait_tick()
-                if self._seq < 0:  # the pipeline had published nothing yet
-                    self._join()
                 continue
             if lost:
                 self.lost += 1
@@ -105,7 +111,7 @@ class AIProcessedStream(VideoStreamTrack):
             self._seq = key.seq - 1
             return
         self._seq = newest.seq - 1
-        self.request_keyframe()
+        self.request_keyframe(join=True)
 
     def _sent(self, out, media):
         self.frames_sent += 1
@@ -119,5 +125,5 @@ class AIProcessedStream(VideoStreamTrack):
         on_end, self._on_end = self._on_end, None
         if on_end is not None:
             if self.codec is not None:
-                self.pipeline.drop_codec(self.codec)
+                self.pipeline.drop_codec(self.codec, viewer=self.viewer_id)
             await on_end(self.pipeline)

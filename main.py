@@ -137,6 +137,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         _logging(settings)
         restrict_host_addresses(settings.ICE_HOST_ADDRESSES)  # checked in build_services
         await load_default_model(services)
+        # before any pipeline, session or recorder exists: what is frozen lives as long as the app
+        freeze_startup_heap()
         services.loop_lag.start()
         services.metrics.start()  # several workers: this one's gauges, kept fresh for the node's /metrics
         services.sessions.start()
@@ -147,8 +149,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         # on the uvicorn server running this app, however it was started (doc/SECURITY.md)
         connections = limit_connections(settings.HEADER_TIMEOUT_S, settings.MAX_CONNECTIONS_PER_IP)
         print_banner(settings, services.sources["default"])
-        freeze_startup_heap()  # last: what start-up made lives as long as the process
-        yield
+        try:
+            yield
+        finally:
+            thaw()  # a stopped app can be collected (tests, embedding)
         await services.sessions.close_all()
         await services.events.stop()  # open visits end (person_gone), pending writes done
         await services.recordings.close()  # each file closed `done`, before the pipelines stop
@@ -157,7 +161,6 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         await services.loop_lag.stop()
         await services.metrics.stop()
         connections.uninstall()
-        thaw()
         log.info("shut down: every session closed, every pipeline stopped")
 
     app = FastAPIOffline(  # /docs and /redoc from the package's own assets, not a CDN

@@ -24,7 +24,7 @@ from core.metrics import NOOP
 from core.slots import LatestSlot
 from core.workers import Worker
 from pipeline.encoder_pool import EncoderPool
-from pipeline.encoders import EncodedFrame, EncodeSettings  # noqa: F401 (EncodedFrame: for ai_stream)
+from pipeline.encoders import EncodeSettings
 from pipeline.fanout import ResultFanout
 from pipeline.frames import VIDEO_CLOCK_RATE, OutFrame, ProcessedFrame
 from pipeline.stage import ProcessStage, StageMeters
@@ -96,14 +96,14 @@ class AIProcessor:
     def recent_keyframe(self, codec: str, ticks: int) -> Optional[OutFrame]:
         return self.ticker.recent_keyframe(codec, ticks)
 
-    def use_codec(self, codec: str) -> None:
-        self.encoders.use(codec)
+    def use_codec(self, codec: str, viewer: bool = False) -> None:
+        self.encoders.use(codec, viewer)
 
-    def drop_codec(self, codec: str) -> None:
-        self.encoders.drop(codec)
+    def drop_codec(self, codec: str, viewer: Optional[int] = None) -> None:
+        self.encoders.drop(codec, viewer)
 
-    def request_keyframe(self, codec: str, broken: Optional[int] = None) -> None:
-        self.encoders.request_keyframe(codec, broken)
+    def request_keyframe(self, codec: str, join: bool = False, broken: Optional[int] = None) -> None:
+        self.encoders.request_keyframe(codec, join, broken)
 
     def add_tap(self, tap: Callable[[OutFrame], None]) -> None:
         """Call `tap` on the clock thread with every published tick (it must never block)."""

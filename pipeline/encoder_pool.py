@@ -17,6 +17,7 @@ from pipeline.encoders import EncodedFrame, EncodeSettings, SharedEncoder
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 30.0
 BROKEN_SHARE = 4  # viewers' PLIs force a shared keyframe once 1 in BROKEN_SHARE of them wait
+MAX_BROKEN_WAIT_S = 2.0  # ... or once one has waited this long (KEYFRAME_INTERVAL may be 60 s)
 
 
 class EncoderPool:
@@ -26,8 +27,11 @@ class EncoderPool:
         self.settings = settings
         self.on_error = on_error  # where faults are recorded (the clock thread's worker)
         self.encoders: dict[str, SharedEncoder] = {}
-        self._users: dict[str, int] = {}  # codec → viewers using it
-        self._broken: dict[str, set[int]] = {}  # codec → viewers waiting for a keyframe after a PLI
+        self._users: dict[str, int] = {}  # codec → users: viewers, recorders, pre-rolls
+        self._viewers: dict[str, int] = {}  # codec → the viewers among them
+        #: codec → {viewer id: since when} for viewers waiting for a keyframe after a PLI/FIR
+        self._broken: dict[str, dict[int, float]] = {}
+        self._picture_ids: dict[str, int] = {}  # codec → frames sent: VP8's picture id, kept across encoders
         self._lock = threading.Lock()  # viewers come and go on the loop; the clock thread encodes
         # one clock thread encodes at a time: a restart may leave a stuck one behind, and an
         # encoder's context must never be used by two threads at once
@@ -37,31 +41,40 @@ class EncoderPool:
         self.failing: dict[str, tuple[int, str]] = {}
 
     # -- event loop side --------------------------------------------------------------
-    def use(self, codec: str) -> None:
+    def use(self, codec: str, viewer: bool = False) -> None:
         with self._lock:
             self._users[codec] = self._users.get(codec, 0) + 1
+            if viewer:
+                self._viewers[codec] = self._viewers.get(codec, 0) + 1
 
-    def drop(self, codec: str) -> None:
+    def drop(self, codec: str, viewer: Optional[int] = None) -> None:
+        """One user of `codec` is gone (`viewer`: that viewer's id)."""
         with self._lock:
             self._users[codec] -= 1
+            if viewer is not None:
+                self._viewers[codec] -= 1
+                self._broken.get(codec, {}).pop(viewer, None)
 
-    def request_keyframe(self, codec: str, broken: Optional[int] = None) -> None:
-        """Ask for a keyframe of `codec`. For a joining viewer (`broken` None) it comes with the
-        next tick the encoder's rate limit allows. For a viewer whose picture broke (PLI/FIR:
-        `broken` names it) only once at least a quarter of the codec's viewers wait for one
-        (a lone viewer always): otherwise that viewer waits for the periodic keyframe, and one
-        viewer's packet loss does not cost every other viewer a keyframe."""
+    def request_keyframe(self, codec: str, join: bool = False, broken: Optional[int] = None) -> None:
+        """Ask for a keyframe of `codec`, for a joining viewer (`join`), a viewer that fell behind,
+        or a recorder: it comes with the next tick the encoder's rate limit allows. For a viewer
+        whose picture broke (PLI/FIR: `broken` is its id) only once at least a quarter of the
+        codec's viewers wait for one (a lone viewer always), or one has waited
+        `MAX_BROKEN_WAIT_S`: until then the periodic keyframe serves it, and one viewer's packet
+        loss does not cost every other viewer a keyframe."""
         encoder = self.encoders.get(codec)
         if encoder is None:
             return
         if broken is not None:
+            now = time.monotonic()
             with self._lock:
-                waiting = self._broken.setdefault(codec, set())
-                waiting.add(broken)
-                if len(waiting) * BROKEN_SHARE < self._users.get(codec, 0):
+                waiting = self._broken.setdefault(codec, {})
+                waiting.setdefault(broken, now)
+                if (len(waiting) * BROKEN_SHARE < self._viewers.get(codec, 0)
+                        and now - min(waiting.values()) < MAX_BROKEN_WAIT_S):
                     encoder.deferred_requests += 1
                     return
-        encoder.request_keyframe()
+        encoder.request_keyframe(join=join)
 
     def get(self, codec: str) -> Optional[SharedEncoder]:
         return self.encoders.get(codec)
@@ -96,10 +109,11 @@ class EncoderPool:
                                             self.settings.keyframe_interval_s)
                     with self._lock:
                         self.encoders[codec] = encoder
-                encoded[codec] = encoder.encode(i420, tick, pts)
-                if encoded[codec].keyframe and self._broken.get(codec):
-                    with self._lock:
-                        self._broken.pop(codec, None)  # every broken viewer starts again from it
+                picture_id = self._picture_ids.get(codec, 0)
+                encoded[codec] = encoder.encode(i420, tick, pts, picture_id)
+                if encoded[codec].payloads:
+                    self._picture_ids[codec] = (picture_id + 1) % (1 << 15)
+                self._repair(codec, encoder, encoded[codec].keyframe)
                 self._retry.pop(codec, None)
                 self.failing.pop(codec, None)
             except Exception as exc:  # replaced (from a keyframe) after a backoff; the other codec goes on
@@ -112,6 +126,20 @@ class EncoderPool:
                 if self.on_error is not None:
                     self.on_error(message)
         return encoded
+
+    def _repair(self, codec: str, encoder: SharedEncoder, keyframe: bool) -> None:
+        """After a keyframe, no viewer waits any more; else one that waited too long gets one."""
+        waiting = self._broken.get(codec)
+        if not waiting:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if keyframe:
+                waiting.clear()
+            elif waiting and now - min(waiting.values()) >= MAX_BROKEN_WAIT_S:
+                for viewer in waiting:
+                    waiting[viewer] = now  # asked once: it comes within the rate limit
+                encoder.request_keyframe()
 
     def stats(self) -> list[dict]:
         return [e.stats() for e in list(self.encoders.values())]

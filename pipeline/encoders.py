@@ -6,7 +6,7 @@ viewer's RTP header and SRTP: `compat.aiortc.send_prepacked`).
   constant bitrate `VIDEO_BITRATE`, a keyframe every `KEYFRAME_INTERVAL` seconds.
 - Keyframes on request (a new viewer, a viewer that lost frames, enough viewers' PLI/FIR: see
   `EncoderPool.request_keyframe`) are rate limited: a request is remembered and honoured at
-  most every `MIN_FORCED_GAP_S`.
+  most every `MIN_FORCED_GAP_S` (`JOIN_GAP_S` for a joining viewer).
 - One bitrate for every viewer of a source: receiver estimates (REMB) are not applied.
 """
 
@@ -24,6 +24,7 @@ from av.video.frame import PictureType
 from compat.aiortc import packetize
 
 MIN_FORCED_GAP_S = 0.3
+JOIN_GAP_S = 0.1  # viewers joining at once: the first frame matters more than a keyframe's bytes
 CODECS = ("vp8", "h264")
 
 
@@ -51,6 +52,7 @@ class SharedEncoder:
         self.ctx = _context(codec, width, height, fps, bitrate, max(1, round(keyframe_interval_s * fps)))
         self._lock = threading.Lock()
         self._pending_key = True  # start with a keyframe
+        self._pending_gap = MIN_FORCED_GAP_S  # JOIN_GAP_S while a joining viewer waits
         self._last_forced = 0.0
         # stats
         self.frames = 0
@@ -61,21 +63,27 @@ class SharedEncoder:
         self.bytes = 0
         self.encode_ms = 0.0  # moving mean
 
-    def request_keyframe(self) -> None:
+    def request_keyframe(self, join: bool = False) -> None:
+        """A keyframe as soon as the rate limit allows: `MIN_FORCED_GAP_S` after the last forced
+        one, `JOIN_GAP_S` for a joining viewer."""
         with self._lock:
             self.keyframe_requests += 1
             self._pending_key = True
+            if join:
+                self._pending_gap = JOIN_GAP_S
 
-    def encode(self, i420: np.ndarray, tick: int, pts: int) -> EncodedFrame:
-        """Encode one tick (blocking; called from the pipeline's clock thread)."""
+    def encode(self, i420: np.ndarray, tick: int, pts: int, picture_id: int = 0) -> EncodedFrame:
+        """Encode one tick and cut it into RTP payloads (blocking; called from the pipeline's clock
+        thread). `picture_id`: VP8's, 15 bits (the pool's count of frames sent)."""
         t0 = time.perf_counter()
         frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
         frame.pts = tick
         frame.time_base = Fraction(1, self.fps)
         with self._lock:
-            force = self._pending_key and t0 - self._last_forced >= MIN_FORCED_GAP_S
+            force = self._pending_key and t0 - self._last_forced >= self._pending_gap
             if force:
                 self._pending_key = False
+                self._pending_gap = MIN_FORCED_GAP_S
                 self._last_forced = t0
         frame.pict_type = PictureType.I if force else PictureType.NONE
         packets = self.ctx.encode(frame)
@@ -87,8 +95,7 @@ class SharedEncoder:
         self.bytes += len(data)
         ms = (time.perf_counter() - t0) * 1000
         self.encode_ms = ms if self.frames == 1 else 0.95 * self.encode_ms + 0.05 * ms
-        # VP8's picture id counts this encoder's frames: a viewer that skipped some sees the gap
-        payloads = packetize(self.codec, data, (self.frames - 1) % (1 << 15)) if data else ()
+        payloads = packetize(self.codec, data, picture_id) if data else ()
         return EncodedFrame(self.codec, data, pts, keyframe, payloads)
 
     def stats(self) -> dict:

@@ -100,7 +100,6 @@ async def test_start_up_objects_are_left_out_of_the_collectors_full_passes():
     """A full GC pass over the start-up heap stalled the loop for up to 178 ms (core/gcpause.py)."""
     import gc
 
-    assert gc.get_freeze_count() == 0
     async with running_server():
         assert gc.get_freeze_count() > 10_000  # FastAPI, aiortc, the model runtime, the settings
     assert gc.get_freeze_count() == 0  # thawed at shutdown: a stopped app can be collected

@@ -127,18 +127,52 @@ async def test_a_joining_viewer_is_offered_only_a_keyframe_at_most_n_ticks_old()
     ticker = Ticker("vg-test-clock", 30, W, H, LatestSlot(), lambda: "live", pool)
     ticker.start(asyncio.get_running_loop())
     try:
-        await ticker.wait_tick()
-        key = ticker.newest()
-        while ticker.newest().encoded.get("vp8") is None or not ticker.newest().encoded["vp8"].keyframe:
+        key = None
+        while key is None:  # the encoder starts on a keyframe (asked again if a stall aged it out)
             await ticker.wait_tick()
-            key = ticker.newest()
-        assert ticker.recent_keyframe("vp8", 2) is key
+            key = ticker.recent_keyframe("vp8", RING_TICKS)
+            if key is None:
+                pool.request_keyframe("vp8")
+        fresh = ticker.newest().seq - key.seq <= 2
+        assert (ticker.recent_keyframe("vp8", 2) is key) == fresh
         assert ticker.recent_keyframe("h264", 2) is None  # not encoded
         while ticker.newest().seq - key.seq <= 2:
             await ticker.wait_tick()
         assert ticker.recent_keyframe("vp8", 2) is None, "older than 2 ticks: not a live start"
     finally:
         await asyncio.to_thread(ticker.stop)
+
+
+def test_a_viewers_pli_forces_a_keyframe_only_for_a_quarter_of_the_viewers_or_after_a_wait(monkeypatch):
+    pool = EncoderPool(W, H, 30, EncodeSettings(keyframe_interval_s=60))
+    for _ in range(4):
+        pool.use("vp8", viewer=True)
+    pool.use("vp8")  # a recorder: not a viewer
+    pool.encode(i420(), 1, 3000)
+    encoder = pool.get("vp8")
+    pool.request_keyframe("vp8", broken=1)  # one of four viewers (the recorder does not count)
+    assert encoder.keyframe_requests == 1 and encoder.deferred_requests == 0
+    assert wait_for(lambda: pool.encode(i420(), 2, 6000)["vp8"].keyframe, 5)  # (after the 0.3 s rate limit)
+    # that keyframe served every waiting viewer: nobody waits any more
+
+    pool.use("vp8", viewer=True)
+    pool.use("vp8", viewer=True)  # six viewers
+    pool.request_keyframe("vp8", broken=1)
+    pool.request_keyframe("vp8", broken=1)  # a browser repeats its PLI: still one viewer
+    assert encoder.keyframe_requests == 1 and encoder.deferred_requests == 2
+    pool.drop("vp8", viewer=1)  # it left while waiting: five viewers, none waiting
+    pool.request_keyframe("vp8", broken=2)
+    assert encoder.keyframe_requests == 1 and encoder.deferred_requests == 3  # one of five
+    pool.request_keyframe("vp8", broken=3)  # two of five: more than a quarter
+    assert encoder.keyframe_requests == 2
+    assert wait_for(lambda: pool.encode(i420(), 3, 9000)["vp8"].keyframe, 5)
+
+    pool.request_keyframe("vp8", broken=4)
+    assert encoder.keyframe_requests == 2  # deferred again
+    monkeypatch.setattr(encoder_pool, "MAX_BROKEN_WAIT_S", 0.05)
+    time.sleep(0.06)
+    pool.encode(i420(), 4, 12000)  # waited too long: asked without another PLI
+    assert encoder.keyframe_requests == 3
 
 
 def test_encoder_pool_encodes_once_per_codec_in_use_and_starts_on_a_keyframe():
