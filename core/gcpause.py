@@ -1,11 +1,11 @@
 """Keep the garbage collector's full passes short: they stop every Python thread.
 
-CPython's full (generation 2) collection walks every tracked object in the process. After
-start-up that is well over 100,000 objects (FastAPI, aiortc, onnxruntime's Python side, the
-settings, the routes), none of which ever becomes garbage; one pass over them was measured at
-178 ms on this box (24 ms with them frozen): a stall of the event loop that sends every
-viewer's packets, of the clock thread and of the offer being answered. `freeze_startup_heap()` moves what exists once
-start-up is done into the permanent generation (`gc.freeze`), so later passes walk only what
+CPython's full (generation 2) collection walks every tracked object in the process. Once the
+app and its default model are built that is well over 100,000 objects (FastAPI, aiortc,
+onnxruntime's Python side, the settings, the routes), none of which ever becomes garbage; one
+pass over them was measured at 178 ms on this box: a stall of the event loop that sends every
+viewer's packets, of the clock thread and of the offer being answered. `freeze_startup_heap()`
+moves them into the permanent generation (`gc.freeze`), so later passes walk only what sources,
 sessions and frames allocated since."""
 
 from __future__ import annotations
