@@ -41,7 +41,7 @@ from api.recordings import cluster_handlers as recording_handlers
 from api.recordings import router as recordings_router
 from api.tokens import KeyFileError, TokenVerifier, UrlSigner
 from cluster.eventlog import EventLog
-from compat.aiortc import self_check, use_lean_rate_counters
+from compat.aiortc import self_check, share_dtls_certificate, use_lean_rate_counters
 from compat.asgi import install as add_connection_extensions
 from compat.asgi import self_check as check_asgi
 from compat.uvicorn import install as limit_connections
@@ -126,6 +126,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     """Build the app (`uvicorn main:create_app --factory`). Nothing starts until its lifespan."""
     self_check()  # aiortc's internals we rely on are there, or start-up stops with one line
     use_lean_rate_counters()  # each peer connection's receiver: 1000 fewer objects for the GC
+    share_dtls_certificate()  # one DTLS certificate for the process, not one per offer
     check_uvicorn()  # so are uvicorn's (the connection limits below)
     check_asgi()  # and those behind the event stream's abort
     settings = settings or get_settings()

@@ -15,6 +15,11 @@ renamed `_send_keyframe` would leave viewers frozen until the next periodic keyf
 - `aiortc.rate.RateCounter`: every video receiver (one per peer connection, viewers included)
   makes one with 1000 bucket objects, which lengthen every garbage-collector pass for as long
   as the session lives; `use_lean_rate_counters` puts an equivalent on two lists of ints.
+- `RTCCertificate.generateCertificate`: aiortc makes a new key and self-signed certificate for
+  every peer connection, and digests it again for every SDP it writes: about a third of the
+  CPU of answering an offer. `share_dtls_certificate` makes one per process (renewed daily),
+  its fingerprints computed once, as SFUs do; the SRTP keys still come from each handshake's
+  own ECDHE exchange.
 - `aioice.ice.get_host_addresses`: aioice offers every interface but 127.0.0.1 and has no
   option to choose; we replace the lookup process-wide (`use_host_addresses`).
 - `RemoteStreamTrack._queue`: the unbounded queue aiortc's decoder fills; camera mode drains it
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 import weakref
 from typing import Callable, Optional
 
@@ -36,7 +42,7 @@ import aioice.ice
 import aiortc
 import aiortc.rate
 import aiortc.rtcrtpreceiver
-from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCCertificate, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
@@ -47,6 +53,8 @@ PINNED = "aiortc==1.16.0"
 
 _original_get_host_addresses = aioice.ice.get_host_addresses
 _ORIGINAL_RATE_COUNTER = aiortc.rate.RateCounter
+_generate_certificate = RTCCertificate.generateCertificate  # aiortc's own (bound to the class)
+CERTIFICATE_RENEW_S = 24 * 3600.0  # aiortc's certificates are valid for 30 days
 
 
 # -- the internals ------------------------------------------------------------------------
@@ -117,6 +125,33 @@ class LeanRateCounter(aiortc.rate.RateCounter):
 def use_lean_rate_counters() -> None:
     """Make aiortc's receivers count their incoming bitrate with `LeanRateCounter` (process-wide)."""
     aiortc.rate.RateCounter = LeanRateCounter
+
+
+class SharedCertificate(RTCCertificate):
+    """The process's DTLS certificate, with its fingerprints computed once."""
+
+    def __init__(self, made_by_aiortc: RTCCertificate) -> None:
+        super().__init__(key=made_by_aiortc._key, cert=made_by_aiortc._cert)
+        self.made = time.monotonic()
+        self._fingerprints = super().getFingerprints()
+
+    def getFingerprints(self):
+        return list(self._fingerprints)
+
+
+_shared_certificate: Optional[SharedCertificate] = None
+
+
+def _process_certificate(cls=None) -> SharedCertificate:
+    global _shared_certificate
+    if _shared_certificate is None or time.monotonic() - _shared_certificate.made > CERTIFICATE_RENEW_S:
+        _shared_certificate = SharedCertificate(_generate_certificate())
+    return _shared_certificate
+
+
+def share_dtls_certificate() -> None:
+    """Give every peer connection made from now on the process's certificate (process-wide)."""
+    RTCCertificate.generateCertificate = classmethod(_process_certificate)
 
 
 def use_host_addresses(addresses: Optional[list[str]]) -> None:
@@ -226,6 +261,14 @@ def _rate_counter() -> bool:
     return True
 
 
+def _certificate() -> bool:
+    # each peer connection still gets its certificate from this classmethod, and it is made of
+    # the key and certificate the DTLS transport uses
+    made = _generate_certificate()
+    return (_calls(RTCPeerConnection.__init__, "generateCertificate")
+            and isinstance(made, RTCCertificate) and SharedCertificate(made).getFingerprints() == made.getFingerprints())
+
+
 def _host_lookup() -> bool:
     # aioice must still look the addresses up through this module-level name when gathering
     return (callable(getattr(aioice.ice, "get_host_addresses", None))
@@ -258,6 +301,7 @@ INTERNALS: dict[str, Callable[[], bool]] = {
     "aiortc.RTCRtpSender._send_keyframe": _sender_hook,
     "aiortc.RTCRtpSender.__encoder": _prepacked,
     "aiortc.rate.RateCounter": _rate_counter,
+    "aiortc.RTCCertificate.generateCertificate": _certificate,
     "aioice.ice.get_host_addresses": _host_lookup,
     "aiortc.rtcrtpreceiver.RemoteStreamTrack._queue": _remote_queue,
     "aiortc.RTCRtpReceiver.__decoder_queue": _decoder_internals,

@@ -44,6 +44,8 @@ REMOVALS = {
         lambda mp: mp.setattr(RTCRtpSender, "_handle_rtcp_packet", _handler_without_hook),
     "aiortc.rate.RateCounter":  # the estimator makes its counter some other way
         lambda mp: mp.setattr(aiortc.rate.RemoteBitrateEstimator, "__init__", lambda self: None),
+    "aiortc.RTCCertificate.generateCertificate":  # a peer connection that gets its certificate elsewhere
+        lambda mp: mp.setattr(aiortc.RTCPeerConnection, "__init__", lambda self, configuration=None: None),
     "aioice.ice.get_host_addresses": lambda mp: mp.delattr(aioice.ice, "get_host_addresses"),
     "aiortc.rtcrtpreceiver.RemoteStreamTrack._queue": _without_queue,
     "aiortc.RTCRtpReceiver.__decoder_queue":  # frames reach the decoder some other way
@@ -116,3 +118,14 @@ def test_the_lean_rate_counter_counts_like_aiortcs_own():
         assert a.rate(now) == b.rate(now)
     b.reset()
     assert b.rate(now) is None and len(b._counts) == 1000
+
+
+def test_peer_connections_share_one_certificate_renewed_daily(monkeypatch):
+    build_test_app()
+    a, b = aiortc.RTCPeerConnection(), aiortc.RTCPeerConnection()
+    cert = a._RTCPeerConnection__certificates[0]
+    assert b._RTCPeerConnection__certificates[0] is cert
+    assert cert.getFingerprints() == compat.RTCCertificate(cert._key, cert._cert).getFingerprints()
+    monkeypatch.setattr(compat, "CERTIFICATE_RENEW_S", 0.0)
+    renewed = aiortc.RTCPeerConnection()._RTCPeerConnection__certificates[0]
+    assert renewed is not cert and renewed.getFingerprints() != cert.getFingerprints()
