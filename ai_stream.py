@@ -50,7 +50,7 @@ class AIProcessedStream(VideoStreamTrack):
     def use_shared_encoder(self, codec: str) -> None:
         """Send the pipeline's shared `codec` packets instead of frames (call before it starts)."""
         self.codec = codec
-        self.pipeline.use_codec(codec, viewer=True)
+        self.pipeline.use_codec(codec, viewer=self.viewer_id)
 
     def request_keyframe(self, join: bool = False) -> None:
         """This viewer starts (`join`) or fell behind the ring: it needs a keyframe (rate-limited)."""

@@ -96,7 +96,7 @@ class AIProcessor:
     def recent_keyframe(self, codec: str, ticks: int) -> Optional[OutFrame]:
         return self.ticker.recent_keyframe(codec, ticks)
 
-    def use_codec(self, codec: str, viewer: bool = False) -> None:
+    def use_codec(self, codec: str, viewer: Optional[int] = None) -> None:
         self.encoders.use(codec, viewer)
 
     def drop_codec(self, codec: str, viewer: Optional[int] = None) -> None:

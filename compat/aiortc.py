@@ -44,6 +44,7 @@ import aiortc.rate
 import aiortc.rtcrtpreceiver
 from aiortc import RTCCertificate, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs.h264 import H264Encoder
+from aiortc.rtcdtlstransport import RTCDtlsFingerprint
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
@@ -132,11 +133,11 @@ class SharedCertificate(RTCCertificate):
 
     def __init__(self, made_by_aiortc: RTCCertificate) -> None:
         super().__init__(key=made_by_aiortc._key, cert=made_by_aiortc._cert)
-        self.made = time.monotonic()
-        self._fingerprints = super().getFingerprints()
+        self.made = time.time()  # the wall clock, as the certificate's validity (a suspend counts)
+        self._fingerprints = [(f.algorithm, f.value) for f in super().getFingerprints()]
 
-    def getFingerprints(self):
-        return list(self._fingerprints)
+    def getFingerprints(self) -> list[RTCDtlsFingerprint]:
+        return [RTCDtlsFingerprint(algorithm=a, value=v) for a, v in self._fingerprints]
 
 
 _shared_certificate: Optional[SharedCertificate] = None
@@ -144,7 +145,7 @@ _shared_certificate: Optional[SharedCertificate] = None
 
 def _process_certificate(cls=None) -> SharedCertificate:
     global _shared_certificate
-    if _shared_certificate is None or time.monotonic() - _shared_certificate.made > CERTIFICATE_RENEW_S:
+    if _shared_certificate is None or time.time() - _shared_certificate.made > CERTIFICATE_RENEW_S:
         _shared_certificate = SharedCertificate(_generate_certificate())
     return _shared_certificate
 

@@ -28,7 +28,7 @@ class EncoderPool:
         self.on_error = on_error  # where faults are recorded (the clock thread's worker)
         self.encoders: dict[str, SharedEncoder] = {}
         self._users: dict[str, int] = {}  # codec → users: viewers, recorders, pre-rolls
-        self._viewers: dict[str, int] = {}  # codec → the viewers among them
+        self._viewers: dict[str, set[int]] = {}  # codec → the ids of the viewers among them
         #: codec → {viewer id: since when} for viewers waiting for a keyframe after a PLI/FIR
         self._broken: dict[str, dict[int, float]] = {}
         self._picture_ids: dict[str, int] = {}  # codec → frames sent: VP8's picture id, kept across encoders
@@ -41,18 +41,19 @@ class EncoderPool:
         self.failing: dict[str, tuple[int, str]] = {}
 
     # -- event loop side --------------------------------------------------------------
-    def use(self, codec: str, viewer: bool = False) -> None:
+    def use(self, codec: str, viewer: Optional[int] = None) -> None:
+        """One more user of `codec` (`viewer`: a viewer's id; else a recorder or pre-roll)."""
         with self._lock:
             self._users[codec] = self._users.get(codec, 0) + 1
-            if viewer:
-                self._viewers[codec] = self._viewers.get(codec, 0) + 1
+            if viewer is not None:
+                self._viewers.setdefault(codec, set()).add(viewer)
 
     def drop(self, codec: str, viewer: Optional[int] = None) -> None:
         """One user of `codec` is gone (`viewer`: that viewer's id)."""
         with self._lock:
             self._users[codec] -= 1
             if viewer is not None:
-                self._viewers[codec] -= 1
+                self._viewers.get(codec, set()).discard(viewer)
                 self._broken.get(codec, {}).pop(viewer, None)
 
     def request_keyframe(self, codec: str, join: bool = False, broken: Optional[int] = None) -> None:
@@ -68,9 +69,12 @@ class EncoderPool:
         if broken is not None:
             now = time.monotonic()
             with self._lock:
+                viewers = self._viewers.get(codec, set())
+                if broken not in viewers:
+                    return  # a PLI that arrived after its viewer left
                 waiting = self._broken.setdefault(codec, {})
                 waiting.setdefault(broken, now)
-                if (len(waiting) * BROKEN_SHARE < self._viewers.get(codec, 0)
+                if (len(waiting) * BROKEN_SHARE < len(viewers)
                         and now - min(waiting.values()) < MAX_BROKEN_WAIT_S):
                     encoder.deferred_requests += 1
                     return

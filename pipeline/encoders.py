@@ -53,6 +53,7 @@ class SharedEncoder:
         self._lock = threading.Lock()
         self._pending_key = True  # start with a keyframe
         self._pending_gap = MIN_FORCED_GAP_S  # JOIN_GAP_S while a joining viewer waits
+        self._asked = 0  # requests so far: a periodic keyframe serves those made before it
         self._last_forced = 0.0
         # stats
         self.frames = 0
@@ -68,6 +69,7 @@ class SharedEncoder:
         one, `JOIN_GAP_S` for a joining viewer."""
         with self._lock:
             self.keyframe_requests += 1
+            self._asked += 1
             self._pending_key = True
             if join:
                 self._pending_gap = JOIN_GAP_S
@@ -80,6 +82,7 @@ class SharedEncoder:
         frame.pts = tick
         frame.time_base = Fraction(1, self.fps)
         with self._lock:
+            asked = self._asked
             force = self._pending_key and t0 - self._last_forced >= self._pending_gap
             if force:
                 self._pending_key = False
@@ -89,6 +92,10 @@ class SharedEncoder:
         packets = self.ctx.encode(frame)
         data = b"".join(bytes(p) for p in packets)
         keyframe = any(p.is_keyframe for p in packets)
+        if keyframe and not force:
+            with self._lock:
+                if self._asked == asked:  # the periodic keyframe came first: no second one
+                    self._pending_key, self._pending_gap = False, MIN_FORCED_GAP_S
         self.frames += 1
         self.keyframes += keyframe
         self.forced_keyframes += force

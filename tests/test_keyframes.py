@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pipeline.encoder_pool as encoder_pool
 from conftest import running_server
 from rtc_client import EncodedLog, connect, is_keyframe
 from test_webrtc import wait_until
@@ -23,6 +24,7 @@ def keyframes(log, viewer) -> int:
 
 
 async def test_a_lone_pli_among_five_viewers_costs_the_others_no_keyframe(monkeypatch):
+    monkeypatch.setattr(encoder_pool, "MAX_BROKEN_WAIT_S", 600.0)  # only the quarter rule here
     log = EncodedLog().install(monkeypatch)
     async with running_server(KEYFRAME_INTERVAL=60) as (url, svc):
         viewers = [await connect(url) for _ in range(5)]

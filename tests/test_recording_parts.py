@@ -146,7 +146,8 @@ def test_every_segment_asks_for_the_keyframe_that_ends_it(tmp_path):
     rec.finish()
     segments = sorted(store.list(), key=lambda i: i.started_at)
     assert [s.state for s in segments] == ["done"] * 3, segments
-    assert [round(s.duration_s, 1) for s in segments[:2]] == [2.0, 2.0], segments
+    # (a busy box may deliver the asked keyframe a tick or two late)
+    assert all(abs(s.duration_s - 2.0) <= 0.25 for s in segments[:2]), segments
     assert pipeline.encoder.forced_keyframes == 3  # the first, then one per roll-over, nothing more
 
 
