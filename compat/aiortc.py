@@ -8,10 +8,12 @@ renamed `_send_keyframe` would leave viewers frozen until the next periodic keyf
 - `RTCRtpSender._send_keyframe`: aiortc calls it on PLI/FIR, but on the path where a track
   hands it encoded packets it only sets a flag its own (unused) encoder reads. We point it at
   the viewer's track, which asks the shared encoder (`route_keyframe_requests`).
-- `RTCRtpSender.__encoder` and the codecs' `_packetize` / `_split_bitstream`: in shared encode
-  mode each encoded frame is cut into RTP payloads once, on the clock thread, with aiortc's own
-  packetisers (`packetize`), and every viewer's sender is given a packer that hands those
-  payloads on (`send_prepacked`) instead of packetising the same bytes again per viewer.
+- The codecs' `_packetize` / `_split_bitstream`: in shared encode mode each encoded frame is cut
+  into RTP payloads once, on the clock thread, with aiortc's own packetisers (`packetize`).
+- `RTCRtpSender._run_rtp` / `_retransmit` and the sender's, DTLS transport's and aioice's state
+  they touch: every viewer's sender sends those payloads with a lean loop of ours
+  (`send_prepacked`, `compat/rtp_send.py`: one header per frame, SRTP, one `sendto` per packet)
+  instead of aiortc's per-packet objects and coroutines.
 - `aiortc.rate.RateCounter`: every video receiver (one per peer connection, viewers included)
   makes one with 1000 bucket objects, which lengthen every garbage-collector pass for as long
   as the session lives; `use_lean_rate_counters` puts an equivalent on two lists of ints.
@@ -42,12 +44,14 @@ import aioice.ice
 import aiortc
 import aiortc.rate
 import aiortc.rtcrtpreceiver
-from aiortc import RTCCertificate, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCCertificate, RTCDtlsTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.rtcicetransport import RTCIceTransport
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.rtcdtlstransport import RTCDtlsFingerprint
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
 
+from compat import rtp_send
 from compat.checks import IncompatibleLibrary, check_internals  # noqa: F401 (IncompatibleLibrary: re-exported)
 
 PINNED = "aiortc==1.16.0"
@@ -72,22 +76,11 @@ def packetize(codec: str, data: bytes, picture_id: int) -> tuple[bytes, ...]:
     return tuple(H264Encoder._packetize(H264Encoder._split_bitstream(data)))
 
 
-class _Prepacked:
-    """Stands in for a sender's encoder: `pack(frame)` returns the frame's own payloads and its
-    90 kHz pts (what the sender asks of an encoder when a track hands it encoded media)."""
-
-    @staticmethod
-    def pack(frame) -> tuple[list[bytes], int]:
-        return list(frame.payloads), frame.pts
-
-
-_PREPACKED = _Prepacked()
-
-
 def send_prepacked(sender: RTCRtpSender) -> None:
-    """Make `sender` send the payloads of what its track returns (objects with `payloads` and
-    `pts`, see `packetize`) as they are: it never packetises nor creates an encoder."""
-    sender._RTCRtpSender__encoder = _PREPACKED
+    """Make `sender` (before it starts) send the payloads of what its track returns (objects with
+    `payloads` and 90 kHz `pts`, see `packetize`) as they are, with `compat.rtp_send`'s loop: it
+    never packetises nor creates an encoder."""
+    rtp_send.send_lean(sender)
 
 
 class LeanRateCounter(aiortc.rate.RateCounter):
@@ -239,13 +232,22 @@ def _sender_hook() -> bool:
             and _calls(getattr(RTCRtpSender, "_handle_rtcp_packet", None), "_send_keyframe"))
 
 
-def _prepacked() -> bool:
-    # the sender makes its encoder only when it has none, and packs what is not a Frame with it
-    names = RTCRtpSender._next_encoded_frame.__code__.co_names
-    return ({"_RTCRtpSender__encoder", "pack"} <= set(names)
-            and "_RTCRtpSender__encoder" in RTCRtpSender.__init__.__code__.co_names
-            and len(packetize("vp8", b"\x00" * 3000, 1)) == 3
+def _packetizers() -> bool:
+    return (len(packetize("vp8", b"\x00" * 3000, 1)) == 3
             and packetize("h264", b"\x00\x00\x00\x01\x67\x42" + b"\x01" * 10, 0) != ())
+
+
+def _lean_send() -> bool:
+    # aiortc starts the loop and answers NACKs through these names; the state our loop reads and
+    # updates is made where we expect; our packets are aiortc's byte for byte
+    dtls_names = set(RTCDtlsTransport.__init__.__code__.co_names)
+    return (_calls(RTCRtpSender.send, "_run_rtp") and _calls(RTCRtpSender._handle_rtcp_packet, "_retransmit")
+            and rtp_send.SENDER_NAMES - {"_RTCRtpSender__track"} <= set(RTCRtpSender.__init__.__code__.co_names)
+            and _calls(RTCRtpSender.replaceTrack, "_RTCRtpSender__track")
+            and {"_enabled", "_ssrc", "_rtx_ssrc"} <= set(RTCRtpSender.__init__.__code__.co_names)
+            and {"_state", "_tx_srtp", rtp_send._DTLS_BYTES, rtp_send._DTLS_PACKETS} <= dtls_names
+            and _calls(RTCIceTransport.__init__, "_connection")
+            and rtp_send.route_is_plain_udp() and rtp_send.same_bytes_as_aiortc())
 
 
 def _rate_counter() -> bool:
@@ -300,7 +302,8 @@ def _remote_queue() -> bool:
 
 INTERNALS: dict[str, Callable[[], bool]] = {
     "aiortc.RTCRtpSender._send_keyframe": _sender_hook,
-    "aiortc.RTCRtpSender.__encoder": _prepacked,
+    "aiortc.codecs.vpx.Vp8Encoder._packetize": _packetizers,
+    "aiortc.RTCRtpSender._run_rtp": _lean_send,
     "aiortc.rate.RateCounter": _rate_counter,
     "aiortc.RTCCertificate.generateCertificate": _certificate,
     "aioice.ice.get_host_addresses": _host_lookup,

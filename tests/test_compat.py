@@ -8,6 +8,7 @@ import re
 import aioice.ice
 import aiortc
 import aiortc.rate
+import aiortc.rtp
 import pytest
 from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs.vpx import Vp8Encoder
@@ -50,9 +51,15 @@ REMOVALS = {
     "aiortc.rtcrtpreceiver.RemoteStreamTrack._queue": _without_queue,
     "aiortc.RTCRtpReceiver.__decoder_queue":  # frames reach the decoder some other way
         lambda mp: mp.setattr(RTCRtpReceiver, "_handle_rtp_packet", _handler_without_hook),
-    "aiortc.RTCRtpSender.__encoder":  # a sender that packs some other way than through its encoder
-        lambda mp: mp.setattr(RTCRtpSender, "_next_encoded_frame", _handler_without_hook),
-    "aiortc.RTCRtpSender.__encoder (the packetiser is gone)": lambda mp: mp.delattr(Vp8Encoder, "_packetize"),
+    "aiortc.codecs.vpx.Vp8Encoder._packetize": lambda mp: mp.delattr(Vp8Encoder, "_packetize"),
+    "aiortc.RTCRtpSender._run_rtp":  # a sender that starts its send loop some other way
+        lambda mp: mp.setattr(RTCRtpSender, "send", _handler_without_hook),
+    "aiortc.RTCRtpSender._run_rtp (its state renamed)":
+        lambda mp: mp.setattr(RTCRtpSender, "replaceTrack", lambda self, track: None),
+    "aiortc.RTCRtpSender._run_rtp (the UDP route moved)":
+        lambda mp: mp.setattr(aioice.ice.StunProtocol, "send_data", _handler_without_hook),
+    "aiortc.RTCRtpSender._run_rtp (packets written differently)":
+        lambda mp: mp.setattr(aiortc.rtp.RtpPacket, "serialize", lambda self, extensions_map=None: b"x"),
     "aiortc.RTCRtpReceiver.__stop_decoder": lambda mp: mp.delattr(RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder"),
 }
 

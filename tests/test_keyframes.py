@@ -54,7 +54,8 @@ async def test_a_lone_pli_among_five_viewers_costs_the_others_no_keyframe(monkey
 
 
 async def test_lost_packets_are_resent_to_that_viewer_alone():
-    """NACK and RTX still work on the prepacked payloads (aiortc resends from its history)."""
+    """NACK and RTX still work on the prepacked payloads (resent from the lean sender's history,
+    RTX-wrapped by aiortc: compat/rtp_send.py)."""
     async with running_server() as (url, svc):
         lossy, *others = [await connect(url) for _ in range(5)]
         await asyncio.gather(*(v.receive(10) for v in (lossy, *others)))
