@@ -2,13 +2,14 @@
 
     capture thread (per source) ──slot──► process stage ──slot──► ticker (clock) ──ring──► viewers
                                           (model + overlay)       (TARGET_FPS, I420, one
-                                                 │                 encode per codec in use;
-                                                 │                 camera mode: each result
-                                                 │                 when ready, no clock)
+                                                 │                 encode per codec in use)
                                                  └──► fan-out of results ──► detections channels
 
+    camera mode: the viewer's camera ──slot──► process stage: model, overlay, I420 and encode in
+    its one thread (`Ticker.publish`, no clock thread) ──ring──► its viewer, then its detections.
+
 It is a short composition of single-job parts from `pipeline/`: `ProcessStage` (the process
-thread), `Ticker` (the clock thread and the ring of ticks), `EncoderPool` (shared encoders by
+thread), `Ticker` (the clock thread, or in camera mode `publish`, and the ring of ticks), `EncoderPool` (shared encoders by
 codec) and `ResultFanout` (results to listeners on the event loop). This class wires them and
 gives viewers one surface to use.
 """
@@ -56,7 +57,16 @@ class AIProcessor:
         self.stage = ProcessStage(
             f"vg-proc-{tag}", capture.slot, processor, model, self.width, self.height, notice,
             source_fps=lambda: capture.measured_fps, next_pts=self.ticker.next_pts,
-            on_result=self.fanout.publish, on_timing=on_timing, results=results, meters=meters)
+            on_result=self._camera_result if self.ticker.on_results else self.fanout.publish,
+            on_timing=on_timing, results=results, meters=meters)
+        if self.ticker.on_results:  # its encoder runs in the stage's thread: faults count there
+            self.encoders.on_error = self.stage.worker.record
+
+    def _camera_result(self, result: ProcessedFrame) -> None:
+        """Camera mode, on the process thread: the frame is encoded and goes out first, then its
+        detections message."""
+        self.ticker.publish(result)
+        self.fanout.publish(result)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -72,6 +82,8 @@ class AIProcessor:
 
     @property
     def workers(self) -> list[Worker]:
+        if self.ticker.on_results:  # camera mode: no clock thread (the stage publishes)
+            return [self.stage.worker]
         return [self.stage.worker, self.ticker.worker]
 
     @property

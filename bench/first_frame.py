@@ -51,7 +51,7 @@ from marked_frames import MarkedCamera, mark, read_mark  # noqa: E402
 FPS = 30
 CLEAN_AFTER = 30
 MAX_BEHIND = 2
-STAGES = ("offer_prep", "answer", "ice", "dtls", "first_decoded", "first_frame")
+STAGES = ("offer_prep", "answer", "ice", "dtls", "first_packet", "first_decoded", "first_frame")
 
 
 def marked_video(path: Path, seconds: int) -> None:
@@ -136,6 +136,19 @@ def evaluate(row: dict, live: Keeper | None = None) -> dict:
     return {**row, "error": "no clean first frame"}
 
 
+def stamp_first_packet(pc, stamps: dict) -> None:
+    """Note when the first video RTP packet reaches the client's receiver (before its jitter
+    buffer and decoder): what separates the server's sending from the client's own work."""
+    receiver = next(t.receiver for t in pc.getTransceivers() if t.kind == "video")
+    handle = receiver._handle_rtp_packet
+
+    async def first(packet, arrival_time_ms):
+        stamps.setdefault("first_packet", time.monotonic())
+        return await handle(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = first
+
+
 async def join(url: str, send_track=None, timeout: float = 20.0, gate=None, collect_s: float = 2.5) -> dict:
     """One viewer (camera mode with `send_track`): stage times in ms from the moment the offer is
     sent (`offer_prep`: the client's own offer before that, not counted), and the (arrival,
@@ -163,6 +176,7 @@ async def join(url: str, send_track=None, timeout: float = 20.0, gate=None, coll
             return {"error": f"{r.status_code} {r.text[:200]}"}
         stamps["answer"] = time.monotonic()
         await pc.setRemoteDescription(RTCSessionDescription(sdp=r.json()["sdp"], type="answer"))
+        stamp_first_packet(pc, stamps)
         track = await asyncio.wait_for(track_future, timeout)
         frames: list[tuple[float, int | None]] = []
         while not frames or frames[-1][0] - frames[0][0] < collect_s:

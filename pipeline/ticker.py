@@ -7,10 +7,12 @@ through a one-deep hand-off. Viewers read the ring on the loop: one that takes f
 newest; one that takes encoded packets takes them in order, so a brief stall costs it nothing,
 and one that falls further behind than the ring jumps to the newest. Nothing grows.
 
-In camera mode (`on_results=True`, CONTRACT "Camera mode output") there is no clock: each new
-processed frame is published as soon as it is ready, stamped with the time it was (its pts
-from the wall clock), so a frame never waits for the next tick and is never sent twice; when the
-model is slower than the camera the stage has already skipped the stale frames.
+In camera mode (`on_results=True`, CONTRACT "Camera mode output") there is no clock and no
+clock thread: the process stage calls `publish` with each new processed frame as soon as it is
+ready, so frame → model → overlay → I420 → encode → packetise run in that one thread; the frame
+is stamped with the time it was ready (its pts from the wall clock), never waits for a tick and
+is never sent twice; when the model is slower than the camera the stage has already skipped the
+stale frames.
 
 Taps (`add_tap`) get every published tick on the clock thread itself, in order, with no gap but
 the clock's own skipped ticks (a recorder): a tap must return at once (a non-blocking hand-off)
@@ -74,7 +76,8 @@ class Ticker:
         self._next = loop.create_future()
         self._handoff = LoopHandoff(loop, self._deliver)
         self._t0 = time.monotonic()
-        self.worker.start()
+        if not self.on_results:  # camera mode: the process stage publishes (`publish`)
+            self.worker.start()
 
     def stop(self) -> None:
         """Stop and join the thread (blocking), then fail the viewers still waiting."""
@@ -166,27 +169,30 @@ class Ticker:
 
     # -- clock thread -------------------------------------------------------------------
     def _step(self) -> None:
-        if self.on_results:
-            seq, processed = self._results.wait_newer(self._shown_key[0] if self._shown_key else 0, timeout=0.25)
-            if processed is None or (seq, "") == self._shown_key or self.worker.stop_event.is_set():
-                return
-            # the pts is the time it became ready; the encoder's frame count just grows
-            elapsed = time.monotonic() - self._t0
-            tick = max(int(elapsed * self.fps), self._last_tick + 1)
-            pts = max(processed.pts, self._last_pts + 1)  # the pts its detections message names
-        else:
-            # Sleep to the next tick boundary; after a stall, skip the missed ticks (pts stay true
-            # to wall time) instead of bursting them out.
-            elapsed = time.monotonic() - self._t0
-            tick = max(int(elapsed * self.fps) + 1, self._last_tick + 1)
-            self.worker.stop_event.wait(max(0.0, self._t0 + tick / self.fps - time.monotonic()))
-            if self.worker.stop_event.is_set():
-                return
-            seq, processed = self._results.peek()
-            pts = tick * VIDEO_CLOCK_RATE // self.fps
+        # Sleep to the next tick boundary; after a stall, skip the missed ticks (pts stay true
+        # to wall time) instead of bursting them out.
+        elapsed = time.monotonic() - self._t0
+        tick = max(int(elapsed * self.fps) + 1, self._last_tick + 1)
+        self.worker.stop_event.wait(max(0.0, self._t0 + tick / self.fps - time.monotonic()))
+        if self.worker.stop_event.is_set():
+            return
+        seq, processed = self._results.peek()
+        self._publish(seq, processed, tick, tick * VIDEO_CLOCK_RATE // self.fps, self.worker.is_current)
+
+    # -- camera mode: the process stage's thread --------------------------------------------
+    def publish(self, processed: ProcessedFrame) -> None:
+        """Publish this result now, on the calling thread (camera mode; the stage calls it only
+        from its current thread). The encoder's frame count just grows; the pts is the one its
+        detections message names."""
+        if self._closed or self._handoff is None:
+            return
+        tick = max(int((time.monotonic() - self._t0) * self.fps), self._last_tick + 1)
+        self._publish(self.ticks + 1, processed, tick, max(processed.pts, self._last_pts + 1), lambda: True)
+
+    def _publish(self, seq: int, processed: Optional[ProcessedFrame], tick: int, pts: int,
+                 current: Callable[[], bool]) -> None:
         self._last_tick, self._last_pts = tick, pts
         self.ticks += 1
-
         state = self._source_state()
         notice = state if state in ("reconnecting", "failed") else ""
         if (seq, notice) != self._shown_key:
@@ -199,7 +205,7 @@ class Ticker:
             i420=self._shown_i420, width=self.width, height=self.height,
             encoded=self._encoders.encode(self._shown_i420, tick, pts),
         )
-        if not self.worker.is_current():
+        if not current():
             return  # left behind by a restart (it was stuck): the new clock thread publishes
         with self._ring_lock:
             self._ring.append(out)

@@ -4,6 +4,7 @@ connection; newest frame wins, so latency stays flat when the model is slower th
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 
 from compat.aiortc import receive_queue
@@ -80,10 +81,19 @@ async def test_camera_latency_stays_flat_when_the_model_is_slower_than_the_camer
 
 async def test_each_camera_frame_comes_back_once_as_soon_as_it_is_processed():
     """CONTRACT "Camera mode output": no output clock. A 10 fps camera under a 30 fps TARGET_FPS
-    gets 10 frames a second back, each a new one: a clock would send each result three times."""
+    gets 10 frames a second back, each a new one: a clock would send each result three times.
+    No clock thread either: model, overlay and encode run in the one process thread."""
     async with running_server() as (url, svc):
         camera = MarkedCamera(fps=10)
         viewer = await connect(url, send_track=camera)
+        session = svc.sessions.get(viewer.session_id)
+        (pipe,) = [p for p in svc.hub._pipelines.values() if p.source == session.source]
+        encoded_in, encode = set(), pipe.encoders.encode
+
+        def encode_noting_thread(*args):
+            encoded_in.add(threading.current_thread().name)
+            return encode(*args)
+        pipe.encoders.encode = encode_noting_thread
         track = await viewer.track()
         indices = []
         for _ in range(40):
@@ -93,9 +103,11 @@ async def test_each_camera_frame_comes_back_once_as_soon_as_it_is_processed():
         assert len(marked) >= 30, indices  # (the first frames may be before the marks decode cleanly)
         assert len(set(marked)) == len(marked), f"a frame came back twice: {indices}"
         assert marked == sorted(marked), indices
-        session = svc.sessions.get(viewer.session_id)
-        (pipe,) = [p for p in svc.hub.stats()["pipelines"] if p["source"] == session.source]
-        assert pipe["ticks"] <= pipe["frames_processed"] + 1  # one output per result, none clock-driven
+        (stats,) = [p for p in svc.hub.stats()["pipelines"] if p["source"] == session.source]
+        assert stats["ticks"] <= stats["frames_processed"] + 1  # one output per result, none clock-driven
+        assert encoded_in == {f"vg-proc-{session.source}-none"}, encoded_in
+        assert [w.name for w in pipe.workers] == [f"vg-proc-{session.source}-none"]
+        assert not [t for t in threading.enumerate() if t.name.startswith(f"vg-clock-{session.source}")]
         await viewer.close()
 
 

@@ -90,6 +90,7 @@ class Result:  # a ProcessedFrame without the parts the ticker does not read
     frame_id: int
     ts: float
     image: np.ndarray
+    pts: int = -1
 
 
 async def test_ticker_publishes_every_tick_into_a_bounded_ring():
@@ -119,6 +120,36 @@ async def test_ticker_publishes_every_tick_into_a_bounded_ring():
         await asyncio.to_thread(ticker.stop)
     with pytest.raises(Exception):
         await ticker.wait_tick()
+
+
+async def test_camera_mode_publishes_each_result_on_the_calling_thread_with_its_own_pts():
+    """No clock thread: `publish` (the process stage's thread) renders, encodes and rings the
+    result at once, with the pts its detections message names (kept increasing)."""
+    pool = EncoderPool(W, H, 30, EncodeSettings())
+    pool.use("vp8")
+    ticker = Ticker("vg-test-camera", 30, W, H, LatestSlot(), lambda: "live", pool, on_results=True)
+    ticker.start(asyncio.get_running_loop())
+    try:
+        assert not ticker.worker.alive, "camera mode starts no clock thread"
+        published = []
+
+        def stage():  # what the process stage does with each result
+            for frame_id, pts in ((1, 9000), (2, 9000), (3, 12000)):
+                ticker.publish(Result(frame_id, time.time(), np.full((H, W, 3), 50 * frame_id, np.uint8), pts))
+                published.append(ticker.newest())
+        woken = asyncio.ensure_future(ticker.wait_tick())
+        await asyncio.sleep(0)
+        thread = threading.Thread(target=stage, name="vg-test-proc")
+        thread.start()
+        thread.join()
+        assert [o.frame_id for o in published] == [1, 2, 3] and [o.seq for o in published] == [1, 2, 3]
+        assert [o.pts for o in published] == [9000, 9001, 12000]
+        assert all(o.encoded["vp8"].payloads for o in published) and published[0].encoded["vp8"].keyframe
+        assert abs(int(published[2].i420[0, 0]) - int(cv2.cvtColor(np.full((2, 2, 3), 150, np.uint8),
+                                                                   cv2.COLOR_BGR2YUV_I420)[0, 0])) <= 1
+        await asyncio.wait_for(woken, 5)  # and the loop was woken for them
+    finally:
+        await asyncio.to_thread(ticker.stop)
 
 
 async def test_a_joining_viewer_is_offered_only_a_keyframe_at_most_n_ticks_old():
