@@ -2,8 +2,8 @@
 
 Two ways to feed aiortc (`ENCODE_MODE`):
 - `shared` (default): `recv()` returns the pipeline's shared encoded frame for this viewer's
-  codec (`EncodedFrame`, already cut into RTP payloads, pts at 90 kHz), whose payloads aiortc
-  sends as they are (`compat.aiortc.send_prepacked`). Frames are taken in
+  codec (`EncodedFrame`, already cut into RTP payloads, pts at 90 kHz), whose payloads the
+  sender's lean loop sends as they are (`compat.aiortc.send_prepacked`). Frames are taken in
   order from the pipeline's short ring; a viewer starts at a keyframe (one at most `JOIN_BEHIND`
   ticks old in the ring, else the next, asked for at once), and after losing packets (it fell
   further behind than the ring) it skips to the newest and asks for a keyframe.

@@ -34,6 +34,19 @@ from pipeline.ticker import Ticker
 __all__ = ["AIProcessor", "EncodeSettings", "OutFrame", "ProcessedFrame", "StageMeters", "VIDEO_CLOCK_RATE"]
 
 
+def _camera_publisher(ticker: Ticker, fanout: ResultFanout, current: Callable[[], bool]):
+    """Camera mode, on the process thread: each result is encoded and goes out first, then its
+    detections message (also if the encode failed: the stage records the fault). A closure, not
+    a method: the stage holding a bound method of the `AIProcessor` that holds the stage would
+    keep a closed session's pipeline (and its camera) alive until the collector's next pass."""
+    def publish(result: ProcessedFrame) -> None:
+        try:
+            ticker.publish(result, current)
+        finally:
+            fanout.publish(result)
+    return publish
+
+
 class AIProcessor:
     def __init__(self, capture: Any, processor: Any, model: str, fps: int, notice: str = "",
                  on_timing: Optional[Callable[[float], None]] = None,
@@ -54,19 +67,16 @@ class AIProcessor:
         # a viewer's own camera (camera mode): each result goes out when ready, no output clock
         self.ticker = Ticker(f"vg-clock-{tag}", fps, self.width, self.height, results, lambda: capture.state,
                              self.encoders, on_results=capture.spec.kind == "camera")
+        stage_worker: list[Worker] = []  # (the stage's own, once made)
         self.stage = ProcessStage(
             f"vg-proc-{tag}", capture.slot, processor, model, self.width, self.height, notice,
             source_fps=lambda: capture.measured_fps, next_pts=self.ticker.next_pts,
-            on_result=self._camera_result if self.ticker.on_results else self.fanout.publish,
+            on_result=(_camera_publisher(self.ticker, self.fanout, lambda: stage_worker[0].is_current())
+                       if self.ticker.on_results else self.fanout.publish),
             on_timing=on_timing, results=results, meters=meters)
+        stage_worker.append(self.stage.worker)
         if self.ticker.on_results:  # its encoder runs in the stage's thread: faults count there
             self.encoders.on_error = self.stage.worker.record
-
-    def _camera_result(self, result: ProcessedFrame) -> None:
-        """Camera mode, on the process thread: the frame is encoded and goes out first, then its
-        detections message."""
-        self.ticker.publish(result)
-        self.fanout.publish(result)
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -118,7 +128,8 @@ class AIProcessor:
         self.encoders.request_keyframe(codec, join, broken)
 
     def add_tap(self, tap: Callable[[OutFrame], None]) -> None:
-        """Call `tap` on the clock thread with every published tick (it must never block)."""
+        """Call `tap` on the publishing thread (clock, or camera mode's process thread) with every
+        published tick (it must never block)."""
         self.ticker.add_tap(tap)
 
     def remove_tap(self, tap: Callable[[OutFrame], None]) -> None:

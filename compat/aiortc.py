@@ -9,7 +9,7 @@ renamed `_send_keyframe` would leave viewers frozen until the next periodic keyf
   hands it encoded packets it only sets a flag its own (unused) encoder reads. We point it at
   the viewer's track, which asks the shared encoder (`route_keyframe_requests`).
 - The codecs' `_packetize` / `_split_bitstream`: in shared encode mode each encoded frame is cut
-  into RTP payloads once, on the clock thread, with aiortc's own packetisers (`packetize`).
+  into RTP payloads once, on the publishing thread, with aiortc's own packetisers (`packetize`).
 - `RTCRtpSender._run_rtp` / `_retransmit` and the sender's, DTLS transport's and aioice's state
   they touch: every viewer's sender sends those payloads with a lean loop of ours
   (`send_prepacked`, `compat/rtp_send.py`: one header per frame, SRTP, one `sendto` per packet)
@@ -246,6 +246,10 @@ def _lean_send() -> bool:
             and _calls(RTCRtpSender.replaceTrack, "_RTCRtpSender__track")
             and {"_enabled", "_ssrc", "_rtx_ssrc"} <= set(RTCRtpSender.__init__.__code__.co_names)
             and {"_state", "_tx_srtp", rtp_send._DTLS_BYTES, rtp_send._DTLS_PACKETS} <= dtls_names
+            # the counters we keep are the ones sender reports and stats read
+            and {"_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count", "_RTCRtpSender__rtp_timestamp"}
+            <= set(RTCRtpSender._run_rtcp.__code__.co_names)
+            and _calls(RTCDtlsTransport._get_stats, rtp_send._DTLS_BYTES)
             and _calls(RTCIceTransport.__init__, "_connection")
             and rtp_send.route_is_plain_udp() and rtp_send.same_bytes_as_aiortc())
 

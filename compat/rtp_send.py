@@ -22,6 +22,7 @@ import asyncio
 import logging
 import struct
 import traceback
+import weakref
 
 import aioice.ice
 from aiortc import RTCDtlsTransport, RTCRtpSender, clock
@@ -77,11 +78,13 @@ class _LeanSender:
     """The send loop and NACK answer of one sender (see the module docstring)."""
 
     def __init__(self, sender: RTCRtpSender) -> None:
-        self.sender = sender
+        # weak: the sender holds our bound methods, and a cycle would keep a closed session's
+        # sender (and its transports) alive until the collector's next full pass
+        self.sender = weakref.ref(sender)
         self.history: dict[int, bytes] = {}  # seq % RTP_HISTORY_SIZE -> plain packet
 
     async def run_rtp(self, codec) -> None:
-        s = self.sender
+        s = self.sender()  # alive: it is the one starting this loop
         getattr(s, _S + "rtp_started").set()
         sequence_number, timestamp_origin = random_sequence_number(), random32()
         history = self.history
@@ -135,9 +138,9 @@ class _LeanSender:
 
     async def retransmit(self, sequence_number: int) -> None:
         """Answer a NACK as aiortc does: the packet again, RTX-wrapped when RTX was negotiated."""
-        s = self.sender
+        s = self.sender()
         packet = self.history.get(sequence_number % RTP_HISTORY_SIZE)
-        if packet is None or struct.unpack_from("!H", packet, 2)[0] != sequence_number:
+        if s is None or packet is None or struct.unpack_from("!H", packet, 2)[0] != sequence_number:
             return
         rtx_payload_type = getattr(s, _S + "rtx_payload_type")
         if rtx_payload_type is not None:

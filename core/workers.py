@@ -67,7 +67,10 @@ class Worker:
             self._stopped = True
             self.stop_event.set()
             thread = self._thread
-        if thread is None or thread is threading.current_thread():
+        if thread is None:  # never started (a camera-mode clock): drop the step, no cycle keeps the owner
+            self._step = self._on_error = self._on_exit = None
+            return
+        if thread is threading.current_thread():
             return
         thread.join(timeout)
         if thread.is_alive():

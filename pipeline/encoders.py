@@ -1,6 +1,6 @@
 """Shared video encoders: each output tick is encoded once per codec and cut into RTP payloads
-once, and every viewer of the pipeline is sent the same payloads (aiortc only adds each
-viewer's RTP header and SRTP: `compat.aiortc.send_prepacked`).
+once, and every viewer of the pipeline is sent the same payloads (each viewer's send loop only
+adds its RTP header and SRTP: `compat.aiortc.send_prepacked`, `compat/rtp_send.py`).
 
 - VP8 (libvpx, realtime) and H.264 (libx264, constrained baseline, zerolatency, no B-frames),
   constant bitrate `VIDEO_BITRATE`, a keyframe every `KEYFRAME_INTERVAL` seconds.

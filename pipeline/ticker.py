@@ -14,7 +14,8 @@ is stamped with the time it was ready (its pts from the wall clock), never waits
 is never sent twice; when the model is slower than the camera the stage has already skipped the
 stale frames.
 
-Taps (`add_tap`) get every published tick on the clock thread itself, in order, with no gap but
+Taps (`add_tap`) get every published tick on the publishing thread itself (the clock thread;
+in camera mode the process thread), in order, with no gap but
 the clock's own skipped ticks (a recorder): a tap must return at once (a non-blocking hand-off)
 and whatever it raises is counted (`tap_errors`) and never reaches the clock.
 """
@@ -100,7 +101,7 @@ class Ticker:
 
     # -- taps (any thread) --------------------------------------------------------------
     def add_tap(self, tap: Callable[[OutFrame], None]) -> None:
-        """Call `tap(out)` on the clock thread with each tick published from now on."""
+        """Call `tap(out)` on the publishing thread with each tick published from now on."""
         with self._taps_lock:
             self._taps = (*self._taps, tap)
 
@@ -180,14 +181,15 @@ class Ticker:
         self._publish(seq, processed, tick, tick * VIDEO_CLOCK_RATE // self.fps, self.worker.is_current)
 
     # -- camera mode: the process stage's thread --------------------------------------------
-    def publish(self, processed: ProcessedFrame) -> None:
-        """Publish this result now, on the calling thread (camera mode; the stage calls it only
-        from its current thread). The encoder's frame count just grows; the pts is the one its
-        detections message names."""
-        if self._closed or self._handoff is None:
+    def publish(self, processed: ProcessedFrame, current: Callable[[], bool]) -> None:
+        """Publish this result now, on the calling thread (camera mode: the process stage's;
+        `current` tells whether it is still that stage's current thread, not one a restart left
+        behind). The encoder's frame count just grows; the pts is the one its detections message
+        names."""
+        if self._closed:
             return
         tick = max(int((time.monotonic() - self._t0) * self.fps), self._last_tick + 1)
-        self._publish(self.ticks + 1, processed, tick, max(processed.pts, self._last_pts + 1), lambda: True)
+        self._publish(self.ticks + 1, processed, tick, max(processed.pts, self._last_pts + 1), current)
 
     def _publish(self, seq: int, processed: Optional[ProcessedFrame], tick: int, pts: int,
                  current: Callable[[], bool]) -> None:
@@ -205,11 +207,12 @@ class Ticker:
             i420=self._shown_i420, width=self.width, height=self.height,
             encoded=self._encoders.encode(self._shown_i420, tick, pts),
         )
-        if not current():
-            return  # left behind by a restart (it was stuck): the new clock thread publishes
+        handoff = self._handoff  # None once stopped
+        if not current() or handoff is None:
+            return  # left behind by a restart (it was stuck): the new thread publishes
         with self._ring_lock:
             self._ring.append(out)
-        self._handoff.put(tick)
+        handoff.put(tick)
         if self._taps:
             self._call_taps(out)
 

@@ -135,7 +135,7 @@ async def test_camera_mode_publishes_each_result_on_the_calling_thread_with_its_
 
         def stage():  # what the process stage does with each result
             for frame_id, pts in ((1, 9000), (2, 9000), (3, 12000)):
-                ticker.publish(Result(frame_id, time.time(), np.full((H, W, 3), 50 * frame_id, np.uint8), pts))
+                ticker.publish(Result(frame_id, time.time(), np.full((H, W, 3), 50 * frame_id, np.uint8), pts), lambda: True)
                 published.append(ticker.newest())
         woken = asyncio.ensure_future(ticker.wait_tick())
         await asyncio.sleep(0)
@@ -148,6 +148,9 @@ async def test_camera_mode_publishes_each_result_on_the_calling_thread_with_its_
         assert abs(int(published[2].i420[0, 0]) - int(cv2.cvtColor(np.full((2, 2, 3), 150, np.uint8),
                                                                    cv2.COLOR_BGR2YUV_I420)[0, 0])) <= 1
         await asyncio.wait_for(woken, 5)  # and the loop was woken for them
+        stale = Result(4, time.time(), np.zeros((H, W, 3), np.uint8), 15000)
+        ticker.publish(stale, lambda: False)  # from a stage thread a restart left behind
+        assert ticker.newest() is published[-1], "a stale thread publishes nothing"
     finally:
         await asyncio.to_thread(ticker.stop)
 

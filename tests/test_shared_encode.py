@@ -129,6 +129,14 @@ async def test_per_viewer_encode_mode_still_works(monkeypatch):
             await v.close()
 
 
+def ring_from(pipe, seq: int) -> list:
+    """The ring's ticks from `seq` on."""
+    out = []
+    while (tick := pipe.after(seq - 1 + len(out))[0]) is not None:
+        out.append(tick)
+    return out
+
+
 async def test_a_viewer_joining_just_after_a_keyframe_catches_up_stamped_just_before_the_live_frame():
     """A joiner starts at a keyframe up to JOIN_BEHIND ticks old in the ring: that keyframe and the
     ticks after it go out at once (no new keyframe for anyone), stamped one 90 kHz unit apart just
@@ -141,26 +149,29 @@ async def test_a_viewer_joining_just_after_a_keyframe_catches_up_stamped_just_be
         await keeper.receive(10)
         (pipe,) = svc.hub._pipelines.values()
         for _ in range(20):  # until a join lands 2..JOIN_BEHIND ticks after a keyframe (a busy box skips ticks)
-            pipe.request_keyframe("vp8")
-            while not pipe.newest().encoded["vp8"].keyframe:
+            key = None
+            while key is None:  # asked again each tick: a late wake-up must not miss it
+                pipe.request_keyframe("vp8")
                 await pipe.wait_tick()
-            key = pipe.newest()
+                key = pipe.recent_keyframe("vp8", 1)
             while pipe.newest().seq - key.seq < 2:
                 await pipe.wait_tick()
             track = AIProcessedStream(pipe, on_end=nothing)
             track.use_shared_encoder("vp8")
+            ring = {o.seq: o for o in ring_from(pipe, key.seq)}  # noted before the ring moves on
             sent = [await asyncio.wait_for(track.recv(), 5)]
             while isinstance(sent[-1], CatchUp) and len(sent) <= JOIN_BEHIND:
                 sent.append(await asyncio.wait_for(track.recv(), 5))  # all in the ring: no wait
+            ring.update({o.seq: o for o in ring_from(pipe, key.seq)})
             await track.release()
             if isinstance(sent[0], CatchUp):
                 break
         catch_up, live = sent[:-1], sent[-1]
         assert 2 <= len(catch_up) <= JOIN_BEHIND and not isinstance(live, CatchUp), sent
         assert catch_up[0].payloads == key.encoded["vp8"].payloads, "it starts on that keyframe"
-        ring = [pipe.after(seq)[0] for seq in range(key.seq - 1, key.seq + len(catch_up))]
-        assert [c.payloads for c in catch_up] == [o.encoded["vp8"].payloads for o in ring[:-1]], "in order"
-        assert live is ring[-1].encoded["vp8"], "then the live frame, as it is"
+        ticks = [ring[key.seq + i] for i in range(len(sent))]
+        assert [c.payloads for c in catch_up] == [o.encoded["vp8"].payloads for o in ticks[:-1]], "in order"
+        assert live is ticks[-1].encoded["vp8"], "then the live frame, as it is"
         assert [live.pts - c.pts for c in catch_up] == list(range(len(catch_up), 0, -1))
         assert track.keyframe_requests == 0, "it asked nobody to pay for a new keyframe"
         await keeper.close()
