@@ -76,5 +76,11 @@ async def test_lost_packets_are_resent_to_that_viewer_alone():
 
         await lossy.receive(90)  # its video goes on (a picture that still broke: the periodic keyframe)
         assert seen["dropped"] >= 3 and seen["resent"] >= seen["dropped"] // 2, seen
+        # the send loop keeps the counters aiortc's stats and RTCP sender reports are made of
+        sender = svc.sessions.get(lossy.session_id).pc.getSenders()[0]
+        (sent,) = [s for s in (await sender.getStats()).values() if s.type == "outbound-rtp"]
+        assert sent.packetsSent >= seen["n"] and sent.bytesSent > 1000 * sent.packetsSent // 2
+        reported = [s for s in (await receiver.getStats()).values() if s.type == "remote-outbound-rtp"]
+        assert reported and 0 < reported[0].packetsSent <= sent.packetsSent, "a sender report with our count"
         for v in (lossy, *others):
             await v.close()
