@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from fractions import Fraction
-from typing import Awaitable, Callable, NamedTuple, Optional, Union
+from typing import Awaitable, Callable, Optional, Union
 
 import av
 from aiortc import VideoStreamTrack
@@ -26,19 +26,7 @@ from model import VIDEO_CLOCK_RATE, AIProcessor
 from pipeline.encoders import EncodedFrame
 
 TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
-# A joining viewer may start from a keyframe this many ticks old (the ring holds RING_TICKS):
-# more than the ticks between two forced join keyframes (JOIN_GAP_S), so viewers joining at
-# once all start on one already made instead of each waiting for the next.
-JOIN_BEHIND = 4
-
-
-class CatchUp(NamedTuple):
-    """A frame older than the live one, sent to a viewer that starts at a keyframe in the ring:
-    stamped just before the live frame (`pts`, 90 kHz), so the viewer's player shows it at
-    once instead of holding the live frames back by the ticks it was behind."""
-
-    payloads: tuple[bytes, ...]
-    pts: int
+JOIN_BEHIND = 2  # a joining viewer may start from a keyframe this many ticks old
 _viewer_ids = itertools.count(1)  # never reused, unlike id()
 
 
@@ -56,7 +44,6 @@ class AIProcessedStream(VideoStreamTrack):
         self.plis = 0  # PLI/FIR from the viewer
         self.lost = 0  # times this viewer fell behind the ring and had to wait for a keyframe
         self._seq = -1
-        self._live = (-1, 0)  # (seq, pts) of the newest tick when it joined: older ones are a catch-up
         self._need_keyframe = True
         self.viewer_id = next(_viewer_ids)
 
@@ -81,7 +68,7 @@ class AIProcessedStream(VideoStreamTrack):
         if self.codec is not None:
             self.pipeline.request_keyframe(self.codec, broken=self.viewer_id)
 
-    async def recv(self) -> Union[av.VideoFrame, EncodedFrame, CatchUp]:
+    async def recv(self) -> Union[av.VideoFrame, EncodedFrame]:
         if self.readyState != "live":
             raise MediaStreamError
         if self.codec is None:
@@ -109,23 +96,19 @@ class AIProcessedStream(VideoStreamTrack):
             if encoded is None or (self._need_keyframe and not encoded.keyframe):
                 continue  # the encoder starts next tick, or a keyframe is on its way
             self._need_keyframe = False
-            live_seq, live_pts = self._live
-            if out.seq < live_seq:
-                encoded = CatchUp(encoded.payloads, live_pts - (live_seq - out.seq))
             return self._sent(out, encoded)  # its payloads go out as they are (send_prepacked)
 
     def _join(self) -> None:
         """Where a new viewer starts: at a keyframe at most JOIN_BEHIND ticks old if the ring has
-        one (the frames after it follow at once, stamped as a `CatchUp`, so it is live within a
-        few packets and nobody else pays for a keyframe), else at the newest tick, asking for a
-        keyframe now rather than a tick later (it comes with the next tick)."""
+        one (the frames after it follow at once, so it is live within a few packets and nobody
+        else pays for a keyframe), else at the newest tick, asking for a keyframe now rather
+        than a tick later (it comes with the next tick)."""
         newest = self.pipeline.newest()
         if newest is None:
             return
         key = self.pipeline.recent_keyframe(self.codec, JOIN_BEHIND)
         if key is not None:
             self._seq = key.seq - 1
-            self._live = (newest.seq, newest.pts)
             return
         self._seq = newest.seq - 1
         self.request_keyframe(join=True)
