@@ -62,23 +62,29 @@ def node_id(request: Request) -> Optional[str]:
     return services.settings.node_id if services is not None else None
 
 
-def _settings(request: Request) -> Settings:
+# The route dependencies are coroutines on purpose: FastAPI runs a plain `def` dependency in its
+# thread pool, a thread hop per dependency per request (three for an offer) on a busy loop.
+async def _services(request: Request) -> Services:
+    return get_services(request)
+
+
+async def _settings(request: Request) -> Settings:
     return get_services(request).settings
 
 
-def _hub(request: Request) -> PipelineHub:
+async def _hub(request: Request) -> PipelineHub:
     return get_services(request).hub
 
 
-def _sessions(request: Request) -> SessionManager:
+async def _sessions(request: Request) -> SessionManager:
     return get_services(request).sessions
 
 
-def _models(request: Request) -> ModelRegistry:
+async def _models(request: Request) -> ModelRegistry:
     return get_services(request).models
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+ServicesDep = Annotated[Services, Depends(_services)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 HubDep = Annotated[PipelineHub, Depends(_hub)]
 SessionsDep = Annotated[SessionManager, Depends(_sessions)]

@@ -40,9 +40,9 @@ class ApiError(HTTPException):
         self.code = code or DEFAULT_CODES.get(status_code, "error")
 
 
-def single_query_values(request: Request) -> None:
-    """A route dependency: a query parameter given twice (`?source=a&source=b`) is refused
-    rather than silently cut to one value."""
+async def single_query_values(request: Request) -> None:
+    """A route dependency (a coroutine: no thread-pool hop): a query parameter given twice
+    (`?source=a&source=b`) is refused rather than silently cut to one value."""
     for name in request.query_params:
         if len(request.query_params.getlist(name)) > 1:
             raise ApiError(400, f"Query parameter {name[:64]!r} is given more than once.", "bad_request")
