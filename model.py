@@ -9,8 +9,9 @@
     its one thread (`Ticker.publish`, no clock thread) ──ring──► its viewer, then its detections.
 
 It is a short composition of single-job parts from `pipeline/`: `ProcessStage` (the process
-thread), `Ticker` (the clock thread, or in camera mode `publish`, and the ring of ticks), `EncoderPool` (shared encoders by
-codec) and `ResultFanout` (results to listeners on the event loop). This class wires them and
+thread), `Ticker` (the clock thread, or in camera mode `publish`, and the ring of ticks),
+`EncoderPool` (shared encoders by codec) and `ResultFanout` (results to listeners on the event
+loop). This class wires them and
 gives viewers one surface to use.
 """
 

@@ -15,9 +15,9 @@ is never sent twice; when the model is slower than the camera the stage has alre
 stale frames.
 
 Taps (`add_tap`) get every published tick on the publishing thread itself (the clock thread;
-in camera mode the process thread), in order, with no gap but
-the clock's own skipped ticks (a recorder): a tap must return at once (a non-blocking hand-off)
-and whatever it raises is counted (`tap_errors`) and never reaches the clock.
+in camera mode the process thread), in order, with no gap but the clock's own skipped ticks (a
+recorder): a tap must return at once (a non-blocking hand-off) and whatever it raises is counted
+(`tap_errors`) and never reaches the clock.
 """
 
 from __future__ import annotations
