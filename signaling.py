@@ -11,7 +11,6 @@ from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import Literal, Optional
 
-from aiortc import RTCPeerConnection
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +20,7 @@ from api.errors import ApiError, error_responses
 from api.cluster import session_meta
 from api.offers import choose_model, choose_source
 from cluster.connection import ClusterDown
+from compat.aiortc import server_peer_connection
 from webrtc.answer import CameraLimits, NegotiationError, answer_offer
 from webrtc.sdp import OfferError, check_offer
 from webrtc.turn import server_configuration
@@ -194,7 +194,7 @@ async def answer_here(services: Services, sdp: str, mode: str, spec, model, noti
                        "close one or try again later.", "subject_limit", headers={"Retry-After": "5"})
     try:
         async with AsyncExitStack() as undo:  # what the offer acquired is released on every way out
-            pc = RTCPeerConnection(configuration=server_configuration(settings))
+            pc = server_peer_connection(server_configuration(settings))
             sessions.track_pc(pc)
             undo.push_async_callback(sessions.discard_pc, pc)
             try:

@@ -47,13 +47,13 @@ async def choose_model(services: Services, name: Optional[str], spec: Optional[S
     if name is not None:
         if name not in registry:
             raise ApiError(400, f"Unknown model {name!r}; choose one of {registry.names()}.", "bad_offer")
-        if registry.entries[name].state != "ready":  # loading reads files: off the loop (else no thread hop)
+        if registry.ready(name) is None:  # loading reads files: off the loop (else no thread hop)
             try:
                 await asyncio.to_thread(registry.load, name)
             except ModelLoadError as exc:
                 raise ApiError(409, f"{exc}.", "model_unavailable") from None
         return registry.entries[name], ""
     default = (spec.model if spec else None) or services.settings.DEFAULT_MODEL
-    if default in registry and registry.entries[default].state == "ready":
-        return registry.entries[default], ""
+    if (entry := registry.ready(default)) is not None:
+        return entry, ""
     return await asyncio.to_thread(registry.load_or_fallback, default)

@@ -20,8 +20,9 @@ renamed `_send_keyframe` would leave viewers frozen until the next periodic keyf
 - `RTCCertificate.generateCertificate`: aiortc makes a new key and self-signed certificate for
   every peer connection, and digests it again for every SDP it writes: about a third of the
   CPU of answering an offer. `share_dtls_certificate` makes one per process (renewed daily),
-  its fingerprints computed once, as SFUs do; the SRTP keys still come from each handshake's
-  own ECDHE exchange.
+  its fingerprints computed once, as SFUs do, for the peer connections made by
+  `server_peer_connection` (any other, e.g. a client in a test, still gets its own); the SRTP
+  keys still come from each handshake's own ECDHE exchange.
 - `aioice.ice.get_host_addresses`: aioice offers every interface but 127.0.0.1 and has no
   option to choose; we replace the lookup process-wide (`use_host_addresses`).
 - `RemoteStreamTrack._queue`: the unbounded queue aiortc's decoder fills; camera mode drains it
@@ -35,6 +36,7 @@ renamed `_send_keyframe` would leave viewers frozen until the next periodic keyf
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import time
 import weakref
@@ -107,6 +109,10 @@ class LeanRateCounter(aiortc.rate.RateCounter):
 
     def _erase_old(self, now_ms: int) -> None:
         new_origin_ms = now_ms - self._window_size + 1
+        if new_origin_ms - self._origin_ms >= self._window_size:  # a long gap: every bucket is old
+            self.reset()  # at once, not one step per millisecond of the gap (aiortc's, on the loop)
+            self._origin_ms = new_origin_ms
+            return
         while self._origin_ms < new_origin_ms:
             i = self._origin_index
             self._total.count -= self._counts[i]
@@ -134,18 +140,33 @@ class SharedCertificate(RTCCertificate):
 
 
 _shared_certificate: Optional[SharedCertificate] = None
+_serving = contextvars.ContextVar("vg_server_peer_connection", default=False)
 
 
-def _process_certificate(cls=None) -> SharedCertificate:
+def _process_certificate(cls=None) -> RTCCertificate:
+    """The shared certificate for a peer connection made by `server_peer_connection`; any other
+    (a client in the same process: tests, benches) gets its own, as aiortc makes it."""
     global _shared_certificate
+    if not _serving.get():
+        return _generate_certificate()
     if _shared_certificate is None or time.time() - _shared_certificate.made > CERTIFICATE_RENEW_S:
         _shared_certificate = SharedCertificate(_generate_certificate())
     return _shared_certificate
 
 
 def share_dtls_certificate() -> None:
-    """Give every peer connection made from now on the process's certificate (process-wide)."""
+    """Let `server_peer_connection` give its peer connections the process's certificate."""
     RTCCertificate.generateCertificate = classmethod(_process_certificate)
+
+
+def server_peer_connection(configuration) -> RTCPeerConnection:
+    """A peer connection for a viewer's session, with the process's shared DTLS certificate once
+    `share_dtls_certificate` ran (else aiortc's own, made for it)."""
+    token = _serving.set(True)
+    try:
+        return RTCPeerConnection(configuration=configuration)
+    finally:
+        _serving.reset(token)
 
 
 def use_host_addresses(addresses: Optional[list[str]]) -> None:

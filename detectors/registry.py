@@ -91,6 +91,11 @@ class ModelRegistry:
                 entry.state, entry.error = "ready", None
             return entry.instance
 
+    def ready(self, name: str) -> Optional[ModelEntry]:
+        """The entry of `name` if it is loaded (no blocking call needed), else None."""
+        entry = self.entries.get(name)
+        return entry if entry is not None and entry.state == "ready" else None
+
     def load_or_fallback(self, name: str) -> tuple[ModelEntry, str]:
         """The loaded model `name`, or `none` plus a notice to draw if `name` cannot load (blocking)."""
         try:

@@ -20,6 +20,11 @@ BROKEN_SHARE = 4  # viewers' PLIs force a shared keyframe once 1 in BROKEN_SHARE
 MAX_BROKEN_WAIT_S = 2.0  # ... or once one has waited this long (KEYFRAME_INTERVAL may be 60 s)
 
 
+def _waited_too_long(waiting: dict[int, float], now: float) -> bool:
+    """Whether a viewer among `waiting` (id → since when) has waited MAX_BROKEN_WAIT_S."""
+    return now - min(waiting.values()) >= MAX_BROKEN_WAIT_S
+
+
 class EncoderPool:
     def __init__(self, width: int, height: int, fps: int, settings: EncodeSettings = EncodeSettings(),
                  on_error: Optional[Callable[[str], None]] = None) -> None:
@@ -74,8 +79,7 @@ class EncoderPool:
                     return  # a PLI that arrived after its viewer left
                 waiting = self._broken.setdefault(codec, {})
                 waiting.setdefault(broken, now)
-                if (len(waiting) * BROKEN_SHARE < len(viewers)
-                        and now - min(waiting.values()) < MAX_BROKEN_WAIT_S):
+                if len(waiting) * BROKEN_SHARE < len(viewers) and not _waited_too_long(waiting, now):
                     encoder.deferred_requests += 1
                     return
         encoder.request_keyframe(join=join)
@@ -140,7 +144,7 @@ class EncoderPool:
         with self._lock:
             if keyframe:
                 waiting.clear()
-            elif waiting and now - min(waiting.values()) >= MAX_BROKEN_WAIT_S:
+            elif waiting and _waited_too_long(waiting, now):
                 for viewer in waiting:
                     waiting[viewer] = now  # asked once: it comes within the rate limit
                 encoder.request_keyframe()

@@ -127,12 +127,15 @@ def test_the_lean_rate_counter_counts_like_aiortcs_own():
     assert b.rate(now) is None and len(b._counts) == 1000
 
 
-def test_peer_connections_share_one_certificate_renewed_daily(monkeypatch):
+def test_the_servers_peer_connections_share_one_certificate_renewed_daily(monkeypatch):
     build_test_app()
-    a, b = aiortc.RTCPeerConnection(), aiortc.RTCPeerConnection()
+    a, b = compat.server_peer_connection(None), compat.server_peer_connection(None)
     cert = a._RTCPeerConnection__certificates[0]
     assert b._RTCPeerConnection__certificates[0] is cert
     assert cert.getFingerprints() == compat.RTCCertificate(cert._key, cert._cert).getFingerprints()
+    # any other peer connection in the process (a test client) still gets its own
+    client = aiortc.RTCPeerConnection()._RTCPeerConnection__certificates[0]
+    assert client is not cert and client.getFingerprints() != cert.getFingerprints()
     monkeypatch.setattr(compat, "CERTIFICATE_RENEW_S", 0.0)
-    renewed = aiortc.RTCPeerConnection()._RTCPeerConnection__certificates[0]
+    renewed = compat.server_peer_connection(None)._RTCPeerConnection__certificates[0]
     assert renewed is not cert and renewed.getFingerprints() != cert.getFingerprints()

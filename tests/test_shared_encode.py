@@ -11,6 +11,7 @@ import pytest
 from ai_stream import JOIN_BEHIND, AIProcessedStream
 from conftest import running_server
 from rtc_client import EncodedLog, connect, is_keyframe
+from test_keyframes import pli
 from test_webrtc import wait_until
 
 
@@ -101,13 +102,11 @@ async def test_a_viewers_pli_makes_the_shared_encoder_emit_a_keyframe(monkeypatc
         forced_before = pipe.encoders.get("vp8").forced_keyframes
         track = svc.sessions.get(viewer.session_id).track
         requests_before = track.keyframe_requests  # 0 or 1: the join may start at a fresh keyframe
-        receiver = viewer.pc.getTransceivers()[0].receiver
-        (ssrc,) = [s.source for s in receiver.getSynchronizationSources()]
-        await receiver._send_rtcp_pli(ssrc)  # what a browser sends after packet loss
+        await pli(viewer)  # what a browser sends after packet loss
         await viewer.receive(30)
         assert await wait_until(lambda: sum(is_keyframe("vp8", d) for _, _, d in log.of(viewer)) > keyframes_before, 10)
         assert pipe.encoders.get("vp8").forced_keyframes > forced_before
-        assert track.keyframe_requests > requests_before  # the PLI reached the shared encoder
+        assert track.keyframe_requests > requests_before  # the PLI reached the viewer's track
         await viewer.close()
 
 
