@@ -33,7 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from fractions import Fraction
 from pathlib import Path
 
@@ -195,6 +195,8 @@ async def join(url: str, send_track=None, timeout: float = 20.0, gate=None, coll
 def summary(rows: list[dict]) -> dict:
     ok = [r for r in rows if "error" not in r]
     out = {"n": len(rows), "failed": len(rows) - len(ok)}
+    if out["failed"]:  # which kind: no video at all, or video that never got within 2 frames of live
+        out["errors"] = dict(Counter(r["error"] for r in rows if "error" in r))
     for stage in STAGES:
         values = [r[stage] for r in ok if stage in r]
         if values:
@@ -337,6 +339,8 @@ def main() -> None:
         r = result[case]
         cells = [f"{r[s]['p50']}/{r[s]['max']}" if s in r else "-" for s in STAGES]
         print(f"| {case} | {r['n']} | {r['failed']} | " + " | ".join(cells) + f" | {r['behind_max']} |")
+    for case in (c for c in ("anchor", "join", "cold", "burst") if result.get(c, {}).get("errors")):
+        print(f"\n{case}: failed joins by kind: {result[case]['errors']}")
     if "pair_diffs_ms" in result:
         print(f"\njoin − anchor, first frame p50 per pair: {result['pair_diffs_ms']} ms; "
               f"median {result['median_diff_ms']} ms")
