@@ -301,3 +301,21 @@ def rtsp_server():
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+async def browser():
+    """A context of Debian's Chromium driven by Playwright (tests/chromium.py), granted camera and
+    microphone: without them Chromium gathers no loopback candidate."""
+    import os
+
+    from chromium import CHROMIUM, FLAGS
+    from playwright.async_api import async_playwright
+
+    need(os.path.exists(CHROMIUM), "Chromium is missing (scripts/system-deps.sh installs it)")
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        context = await chromium.new_context(permissions=["camera", "microphone"])
+        yield context
+        await context.close()
+        await chromium.close()

@@ -1,68 +1,15 @@
-"""The demo page and the React example in a real Chromium (Debian's, driven by Playwright)."""
+"""The demo page in a real Chromium (Debian's, driven by Playwright): playing, camera mode, errors
+shown to the person, models and sources, reconnecting, and access control."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import http.server
-import os
 import re
-import shutil
-import subprocess
-import threading
-from pathlib import Path
 
-import cv2
 import httpx
-import numpy as np
-import pytest
 
-from conftest import ROOT, free_port, running_server
-
-CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
-REACT = ROOT / "examples" / "react"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--allow-loopback-in-peer-connection",
-         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
-
-
-@pytest.fixture
-async def browser():
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI") == "true":
-            pytest.fail("Chromium is missing (scripts/system-deps.sh installs it)")
-        pytest.skip("Chromium is missing: apt-get install chromium")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        chromium = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        # without camera/microphone permission Chromium gathers no loopback candidate
-        context = await chromium.new_context(permissions=["camera", "microphone"])
-        yield context
-        await context.close()
-        await chromium.close()
-
-
-async def frames_decoded(page) -> int:
-    return await page.evaluate("""async () => {
-        const pc = window.vg.peer();
-        if (!pc) return 0;
-        let n = 0;
-        (await pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") n = s.framesDecoded; });
-        return n;
-    }""")
-
-
-async def playing_rate(page, seconds: float = 5.0) -> float:
-    a = await frames_decoded(page)
-    await asyncio.sleep(seconds)
-    return (await frames_decoded(page) - a) / seconds
-
-
-def not_blank(png: bytes, box=None) -> float:
-    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-    return float(image.std())
+from chromium import ARTIFACTS, console_errors, not_blank, playing_rate
+from conftest import free_port, running_server
 
 
 async def test_demo_page_plays_with_detections_and_stats(browser, vtest):
@@ -270,45 +217,6 @@ async def test_demo_reconnects_by_itself_after_a_server_restart(browser):
         assert len(svc.sessions.sessions) == 1
 
 
-@pytest.fixture(scope="module")
-def react_dist() -> Path:
-    """The React example, built with Vite (`npm ci && npm run build`; make test does it first)."""
-    dist = REACT / "dist" / "index.html"
-    if not dist.exists():
-        if not shutil.which("npm"):
-            pytest.fail("npm is missing: the React example cannot be built")
-        subprocess.run("npm ci --no-audit --no-fund && npm run build", shell=True, cwd=REACT, check=True,
-                       timeout=600)
-    return dist.parent
-
-
-async def test_react_example_on_another_origin_plays(browser, react_dist):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(react_dist))
-    static = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=static.serve_forever, name="static-server", daemon=True).start()
-    try:
-        async with running_server() as (url, svc):
-            page = await browser.new_page()
-            page_url = f"http://127.0.0.1:{static.server_port}/index.html?backend={url}"
-            await page.goto(page_url)
-            await page.click("text=Connect")
-            await page.wait_for_function("document.querySelector('video').videoWidth === 640", timeout=30000)
-            await page.wait_for_function("document.querySelector('[data-testid=frame]').textContent !== 'frame: -'",
-                                         timeout=15000)
-            assert await page.text_content("[data-testid=status]") == "connected"
-            assert len(svc.sessions.sessions) == 1
-            ARTIFACTS.mkdir(exist_ok=True)
-            assert not_blank(await page.locator("video").screenshot(path=str(ARTIFACTS / "react.png"))) > 10
-            await page.click("text=Disconnect")
-            for _ in range(100):  # DELETE /api/session/{id} ends it at once
-                if not svc.sessions.sessions:
-                    break
-                await asyncio.sleep(0.1)
-            assert svc.sessions.sessions == {}
-    finally:
-        static.shutdown()
-
-
 # Access control (AUTH_MODE=jwt): the token travels in the Authorization header, never in a URL
 AUTH_SECRET = "browser-test-secret-" + "0123456789abcdef" * 3
 
@@ -381,123 +289,3 @@ async def test_demo_asks_for_a_token_and_sends_it_only_in_the_authorization_head
         # never in a URL: not in any request the page made, nor in the page's own address
         assert requests and not [r.url for r in requests if token in r.url or forged in r.url]
         assert token not in page.url
-
-
-async def test_react_example_sends_its_token_prop_as_an_authorization_header(browser, react_dist):
-    from api.tokens import mint_token
-
-    token = mint_token(AUTH_SECRET, "bob", "view", 600)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(react_dist))
-    static = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=static.serve_forever, name="static-server", daemon=True).start()
-    try:
-        async with running_server(AUTH_MODE="jwt", JWT_SECRET=AUTH_SECRET) as (url, svc):
-            page = await browser.new_page()
-            requests = []
-            page.on("request", lambda request: requests.append(request))
-            await page.goto(f"http://127.0.0.1:{static.server_port}/index.html?backend={url}")
-            await page.click("text=Connect")  # no token: the server's reason
-            await page.wait_for_function("document.querySelector('[data-testid=status]').textContent === 'error'",
-                                         timeout=15000)
-            assert "401" in await page.text_content("[role=alert]")
-            await page.fill("[data-testid=token]", token)
-            await page.click("text=Connect")  # across origins: the preflight lets Authorization through
-            await page.wait_for_function("document.querySelector('video').videoWidth === 640", timeout=30000)
-            (session,) = svc.sessions.sessions.values()
-            assert session.owner == "bob"
-            assert await page.evaluate("sessionStorage.getItem('visionguard.token')") == token
-            await page.click("text=Disconnect")
-            assert await wait_gone(svc, session.id)
-            delete = next(r for r in requests if r.method == "DELETE")
-            assert (await delete.all_headers())["authorization"] == f"Bearer {token}"
-            assert (await delete.response()).status == 200
-            assert not [r.url for r in requests if token in r.url]
-    finally:
-        static.shutdown()
-
-
-async def test_demo_lists_events_live_newest_first_with_thumbnails(browser):
-    image = np.full((480, 640, 3), 80, np.uint8)
-    async with running_server() as (url, svc):
-        first = await svc.events.emit("lobby", "person_seen", 2, image)
-        page = await browser.new_page()
-        await page.goto(url + "/demo")
-        await page.wait_for_function("window.vg.events === 1 && "
-                                     "document.getElementById('events-state').textContent === 'live'", timeout=15000)
-        second = await svc.events.emit("lobby", "person_gone", 3, image)  # live, over the stream
-        await page.wait_for_function("window.vg.events === 2", timeout=15000)
-        ids = await page.evaluate("[...document.querySelectorAll('#events li')].map((li) => +li.dataset.id)")
-        assert ids == [second["id"], first["id"]]
-        await page.wait_for_function("[...document.querySelectorAll('#events img')].every("
-                                     "(i) => i.complete && i.naturalWidth === 640)", timeout=15000)
-        top = await page.text_content("#events li")
-        assert "lobby" in top and "person gone (3)" in top
-        await page.close()
-
-
-# Recordings: the Record button and the list that plays a finished MP4 in a <video>
-def console_errors(page) -> list[str]:
-    """The page's console errors and uncaught exceptions, collected from now on."""
-    errors: list[str] = []
-    page.on("console", lambda m: m.type == "error" and errors.append(f"{m.text} ({m.location.get('url')})"))
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    return errors
-
-
-async def test_demo_records_a_source_and_plays_the_recording(browser, vtest, tmp_path):
-    async with running_server(MEDIA_DIR=vtest.parent, VIDEO_FILE_PATH="vtest.avi", RECORDINGS_DIR=tmp_path) as (url, svc):
-        page = await browser.new_page()
-        errors = console_errors(page)
-        await page.goto(url + "/demo")
-        await page.wait_for_function("!document.getElementById('record').disabled && window.vg.recordingsLoads > 0")
-        assert await page.text_content("#record") == "Record"
-        assert await page.text_content("#recordings-state") == "none yet"
-        await page.click("#record")
-        await page.wait_for_function("document.getElementById('record').textContent.startsWith('Recording…')")
-        assert await page.get_attribute("#record", "aria-pressed") == "true"
-        assert await page.evaluate("document.querySelector('#recordings tbody tr').dataset.state") == "recording"
-        assert await page.is_disabled("#recordings tbody tr .play")  # still being written
-        await page.wait_for_function("/Recording… [3-9] s/.test(document.getElementById('record').textContent)",
-                                     timeout=10000)  # the elapsed seconds count up
-        await asyncio.sleep(1)
-        await page.click("#record")  # stop
-        await page.wait_for_function("document.querySelector('#recordings tbody tr')?.dataset.state === 'done'",
-                                     timeout=15000)
-        assert await page.text_content("#record") == "Record" and await page.is_hidden("#error")
-        (row,) = await page.evaluate("window.vg.recordings")
-        assert row["source"] == "default" and row["state"] == "done" and row["duration_s"] >= 3 and row["bytes"] > 0
-        cells = await page.eval_on_selector_all("#recordings tbody td", "(tds) => tds.map((td) => td.textContent)")
-        assert cells[0] == "default" and cells[2].endswith(" s") and cells[3].endswith(("KB", "MB")) and cells[4] == "done"
-        assert await page.evaluate("document.createElement('video').canPlayType('video/mp4; codecs=\"avc1.42E01F\"')")
-        await page.click("#recordings tbody tr .play")
-        await page.wait_for_function("document.getElementById('playback').duration > 0", timeout=15000)
-        duration = await page.evaluate("document.getElementById('playback').duration")
-        assert abs(duration - row["duration_s"]) < 1.5, (duration, row["duration_s"])
-        await page.wait_for_function("document.getElementById('playback').currentTime > 1", timeout=15000)
-        state = await page.evaluate("(({currentTime, paused, muted, videoWidth, src}) =>"
-                                    " ({currentTime, paused, muted, videoWidth, src}))(document.getElementById('playback'))")
-        assert not state["paused"] and state["muted"] and state["videoWidth"] == 640, state
-        assert state["src"] == url + row["download_url"]
-        ARTIFACTS.mkdir(exist_ok=True)
-        assert not_blank(await page.locator("#playback").screenshot(path=str(ARTIFACTS / "demo-recording.png"))) > 10
-        assert errors == [], errors
-        await page.close()
-
-
-async def test_demo_record_button_shows_the_servers_refusal(browser):
-    from api.tokens import mint_token
-
-    viewer = mint_token(AUTH_SECRET, "carol", "view", 600)
-    async with running_server(AUTH_MODE="jwt", JWT_SECRET=AUTH_SECRET) as (url, svc):
-        page = await browser.new_page()
-        await page.goto(url + "/demo")
-        await page.evaluate(f"sessionStorage.setItem('visionguard.token', '{viewer}')")
-        await page.reload()
-        await page.wait_for_function("!document.getElementById('record').disabled && window.vg.recordingsLoads > 0")
-        await page.click("#record")  # a `view` token may list recordings but not start one
-        await page.wait_for_function("!document.getElementById('error').hidden", timeout=10000)
-        message = await page.text_content("#error")
-        assert "403" in message and "admin" in message, message
-        assert await page.text_content("#record") == "Record" and not await page.is_disabled("#record")
-        assert svc.recordings.store.list(None) == []
-        await page.close()

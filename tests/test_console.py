@@ -13,7 +13,7 @@ from conftest import ThreadWatch, free_port, running_server
 from detectors import ModelRegistry
 from hub import PipelineHub
 from sources.spec import SourceSpec
-from test_browser import ARTIFACTS, browser, console_errors, not_blank  # noqa: F401 (a fixture)
+from chromium import ARTIFACTS, console_errors, not_blank
 
 SECRET = "console-test-secret-" + "0123456789abcdef" * 3
 RTSP_FAST = {"RTSP_OPEN_TIMEOUT_S": 2, "RTSP_STALL_TIMEOUT_S": 2, "RTSP_RECONNECT_MAX_S": 1}

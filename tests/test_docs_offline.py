@@ -11,7 +11,7 @@ import httpx
 
 from api.tokens import mint_token
 from conftest import ROOT, TEST_ENV, build_test_app, running_server
-from test_browser import ARTIFACTS, browser  # noqa: F401 (a fixture)
+from chromium import ARTIFACTS
 
 SECRET = "a-test-secret-that-is-long-enough-0123456789"
 REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"  # hard-coded in redoc.standalone.js
