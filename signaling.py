@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import ViewerDep
-from api.deps import HubDep, Services, ServicesDep, SessionsDep
+from api.deps import Services, ServicesDep, SessionsDep
 from api.errors import ApiError, error_responses
 from api.cluster import session_meta
 from api.offers import choose_model, choose_source
@@ -137,7 +137,7 @@ UNKNOWN_SESSION = {404: "Unknown session, or another subject's without `admin` (
 # -- routes ---------------------------------------------------------------------
 @router.post("/offer", response_model=OfferResponse, summary="Exchange an SDP offer for an answer",
              responses=error_responses(OFFER_ERRORS))
-async def offer(body: OfferRequest, services: ServicesDep, hub: HubDep, sessions: SessionsDep,
+async def offer(body: OfferRequest, services: ServicesDep, sessions: SessionsDep,
                 caller: ViewerDep) -> OfferResponse:
     """Send the browser's offer, get the server's answer and a `session_id`.
 

@@ -1,7 +1,7 @@
 """Typed dependencies: what a route needs is visible in its signature.
 
 The app holds one `Services` container (built by `main.create_app`); routes ask for the parts
-they use, e.g. `async def route(hub: HubDep, sessions: SessionsDep)`.
+they use, e.g. `async def route(settings: SettingsDep, sessions: SessionsDep)`.
 """
 
 from __future__ import annotations
@@ -72,20 +72,10 @@ async def _settings(request: Request) -> Settings:
     return get_services(request).settings
 
 
-async def _hub(request: Request) -> PipelineHub:
-    return get_services(request).hub
-
-
 async def _sessions(request: Request) -> SessionManager:
     return get_services(request).sessions
 
 
-async def _models(request: Request) -> ModelRegistry:
-    return get_services(request).models
-
-
 ServicesDep = Annotated[Services, Depends(_services)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
-HubDep = Annotated[PipelineHub, Depends(_hub)]
 SessionsDep = Annotated[SessionManager, Depends(_sessions)]
-ModelsDep = Annotated[ModelRegistry, Depends(_models)]
