@@ -140,16 +140,20 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
         await load_default_model(services)
         # before any pipeline, session or recorder exists: what is frozen lives as long as the app
         freeze_startup_heap()
-        services.loop_lag.start()
-        services.metrics.start()  # several workers: this one's gauges, kept fresh for the node's /metrics
-        services.sessions.start()
-        await services.events.start()  # reloads EVENTS_FILE; follows pipelines from here
-        await services.cluster.start()  # REDIS_URL: joins the cluster (Redis may be down: it keeps trying)
-        await services.cluster.claim_always_on()  # (in a cluster, those no other node runs)
-        await services.recordings.start()  # after always_on: `record: true` sources are recorded
-        # on the uvicorn server running this app, however it was started (doc/SECURITY.md)
-        connections = limit_connections(settings.HEADER_TIMEOUT_S, settings.MAX_CONNECTIONS_PER_IP)
-        print_banner(settings, services.sources["default"])
+        try:
+            services.loop_lag.start()
+            services.metrics.start()  # several workers: this one's gauges, kept fresh for the node's /metrics
+            services.sessions.start()
+            await services.events.start()  # reloads EVENTS_FILE; follows pipelines from here
+            await services.cluster.start()  # REDIS_URL: joins the cluster (Redis may be down: it keeps trying)
+            await services.cluster.claim_always_on()  # (in a cluster, those no other node runs)
+            await services.recordings.start()  # after always_on: `record: true` sources are recorded
+            # on the uvicorn server running this app, however it was started (doc/SECURITY.md)
+            connections = limit_connections(settings.HEADER_TIMEOUT_S, settings.MAX_CONNECTIONS_PER_IP)
+            print_banner(settings, services.sources["default"])
+        except BaseException:
+            thaw()  # a start-up that failed holds no freeze (it is counted: core/gcpause.py)
+            raise
         try:
             yield
         finally:

@@ -195,7 +195,8 @@ async def join(url: str, send_track=None, timeout: float = 20.0, gate=None, coll
 def summary(rows: list[dict]) -> dict:
     ok = [r for r in rows if "error" not in r]
     out = {"n": len(rows), "failed": len(rows) - len(ok)}
-    if out["failed"]:  # which kind: no video at all, or video that never got within 2 frames of live
+    if out["failed"]:  # which kind: "no video in time", "no clean first frame" (never 30 clean
+        # decodes within 2 frames of live), or the server's refusal ("<status> <body>")
         out["errors"] = dict(Counter(r["error"] for r in rows if "error" in r))
     for stage in STAGES:
         values = [r[stage] for r in ok if stage in r]

@@ -23,9 +23,9 @@ _holders = 0  # running apps that froze the heap
 def freeze_startup_heap() -> int:
     """Collect once, then exempt every surviving object from later passes; returns how many."""
     global _holders
+    gc.collect()  # outside the lock: a finaliser it runs may reach thaw()
     with _lock:
         _holders += 1
-        gc.collect()
         gc.freeze()
         return gc.get_freeze_count()
 

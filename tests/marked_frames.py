@@ -42,6 +42,8 @@ def read_mark(img: np.ndarray) -> Optional[int]:
         band = band[:, left:left + width].reshape(band.shape[0], BITS, STEP, -1)[:, :, :BLOCK // 2]
         return band.mean(axis=(0, 2, 3))
 
+    if img.shape[0] < rows_inverted.stop or img.shape[1] < left + width:
+        return None  # too small to carry the marks
     a, b = means(img[rows]), means(img[rows_inverted])
     if (np.abs(a - b) < 100).any():
         return None  # not a marked frame (or too damaged to trust)

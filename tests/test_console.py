@@ -92,7 +92,7 @@ def _grid_state(name: str) -> str:
     return f"document.querySelector('.tile[data-source=\"{name}\"]')?.dataset.state"
 
 
-async def test_console_grid_live_view_events_and_recordings(browser, vtest, rtsp_server, tmp_path):  # noqa: F811
+async def test_console_grid_live_view_events_and_recordings(browser, vtest, rtsp_server, tmp_path):
     # only the vtest source runs the person model: two cores run this test in CI
     sources = {"pattern": {"url": "synthetic", "model": "none"}, "cam": {"url": rtsp_server.url, "model": "none"}}
     settings = dict(MEDIA_DIR=vtest.parent, VIDEO_FILE_PATH="vtest.avi", DEFAULT_MODEL="person", SOURCES=sources,
@@ -199,7 +199,7 @@ async def test_console_grid_live_view_events_and_recordings(browser, vtest, rtsp
     assert errors == [], errors
 
 
-async def test_console_asks_for_a_token_and_hides_what_the_scope_does_not_allow(browser, tmp_path):  # noqa: F811
+async def test_console_asks_for_a_token_and_hides_what_the_scope_does_not_allow(browser, tmp_path):
     viewer = mint_token(SECRET, "carol", "view", 600)
     admin = mint_token(SECRET, "dave", "admin", 600)
     forged = mint_token("not-the-server-secret-" + "x" * 32, "carol", "view", 600)
@@ -272,7 +272,7 @@ async def test_console_asks_for_a_token_and_hides_what_the_scope_does_not_allow(
         await page.close()
 
 
-async def test_closing_the_live_view_while_it_sets_up_leaves_no_session(browser):  # noqa: F811
+async def test_closing_the_live_view_while_it_sets_up_leaves_no_session(browser):
     """Close (or open another tile) while the live view is still asking for ICE servers: no peer
     connection is made behind the closed dialog and no session is left on the server."""
     async with running_server() as (url, svc):

@@ -83,7 +83,7 @@ async def test_docs_pages_and_assets_are_served_here_and_open():
         assert (await http.get("/openapi.json")).json()["info"]["title"] == "VisionGuard"
 
 
-async def offline_page(browser, base: str):  # noqa: F811
+async def offline_page(browser, base: str):
     """A page whose every request off this server is aborted (and noted in the list returned)."""
     page, blocked = await browser.new_page(), []
     await page.set_viewport_size({"width": 1280, "height": 1000})
@@ -100,7 +100,7 @@ async def offline_page(browser, base: str):  # noqa: F811
     return page, blocked
 
 
-async def test_docs_work_offline_and_try_it_out_sends_the_bearer_token(browser):  # noqa: F811
+async def test_docs_work_offline_and_try_it_out_sends_the_bearer_token(browser):
     async with running_server(AUTH_MODE="jwt", JWT_SECRET=SECRET) as (url, services):
         page, blocked = await offline_page(browser, url)
         await page.goto(url + "/docs")

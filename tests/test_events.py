@@ -1,6 +1,7 @@
 """Person events end to end: one real server with three sources (people, an empty synthetic scene
 kept on, a file where people leave) for the SSE stream, snapshots, Last-Event-ID resume and the
-overflow cut-off; then restart and auth. The tracker and the store alone: test_event_tracker.py.
+overflow cut-off; then restart and auth. The visit tracker and the event store alone:
+test_event_tracker.py.
 
 Timings are generous (a noisy 2-core box); the figures measured are printed (`-s`)."""
 

@@ -8,9 +8,10 @@ import time
 from functools import partial
 
 import httpx
+import pytest
 
 import pipeline.encoder_pool as encoder_pool
-from conftest import running_server
+from conftest import build_test_app, running_server
 from rtc_client import connect
 from test_webrtc import wait_until
 
@@ -106,3 +107,23 @@ async def test_start_up_objects_are_left_out_of_the_collectors_full_passes():
             pass
         assert gc.get_freeze_count() > 10_000  # its stop leaves the first app's heap frozen
     assert gc.get_freeze_count() == 0  # thawed when the last app stops: a stopped app can be collected
+
+
+async def test_a_start_up_that_fails_after_the_freeze_leaves_the_heap_thawed(monkeypatch):
+    import gc
+
+    from events import EventService
+
+    async def broken(self):
+        raise RuntimeError("events could not start")
+
+    monkeypatch.setattr(EventService, "start", broken)
+    app = build_test_app()
+    with pytest.raises(RuntimeError, match="could not start"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert gc.get_freeze_count() == 0  # else no later app in this process would ever thaw
+    monkeypatch.undo()
+    async with running_server():  # and the next app freezes and thaws as usual
+        assert gc.get_freeze_count() > 10_000
+    assert gc.get_freeze_count() == 0

@@ -34,7 +34,7 @@ async def test_an_offer_cancelled_midway_leaves_nothing(monkeypatch):
 
         monkeypatch.setattr(RTCPeerConnection, "setLocalDescription", hangs)
         body = signaling.OfferRequest(sdp=sdp, type="offer")
-        task = asyncio.create_task(signaling.offer(body, svc, svc.hub, svc.sessions, ANONYMOUS))
+        task = asyncio.create_task(signaling.offer(body, svc, svc.sessions, ANONYMOUS))
         await asyncio.wait_for(gathering.wait(), 20)
         assert held(svc) == (1, 0, 1, 1, 1)  # reserved, a peer connection, a pipeline
         task.cancel()
