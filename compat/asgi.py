@@ -17,8 +17,12 @@ sees uvicorn's own `send`). For each HTTP request served by uvicorn it puts into
   shutdown (uvicorn calls each connection protocol's `shutdown()` and then waits for the
   response to end), so that a stream ends rather than holding the shutdown. `install` wraps
   the protocols' `shutdown` to mark the protocol (reached from the cycle's transport with the
-  public `get_protocol()`). The request's own `keep_alive` would not do: it is False from the
-  start for HTTP/1.0 and `Connection: close` requests (nginx's default to upstreams).
+  public `get_protocol()`), and the server's `shutdown` to mark its `server_state`, which all
+  its connections share: asyncio makes a connection's protocol a few loop turns after the
+  accept, so one accepted as the shutdown begins is never sent `shutdown()`, and its stream
+  would hold the shutdown for good. The request's own
+  `keep_alive` would not do: it is False from the start for HTTP/1.0 and `Connection: close`
+  requests (nginx's default to upstreams).
 
 Without uvicorn (another server, an in-process test client) neither extension is there and
 the stream does without. uvicorn and Starlette are pinned (`PINNED`, `STARLETTE_PINNED`).
@@ -26,6 +30,7 @@ the stream does without. uvicorn and Starlette are pinned (`PINNED`, `STARLETTE_
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -34,6 +39,7 @@ import starlette.applications
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http import h11_impl
+from uvicorn.server import Server
 
 from compat.checks import check_internals
 from compat.uvicorn import PINNED, GuardedConnection, http_implementations
@@ -58,11 +64,15 @@ class ConnectionExtensions:
                 if isinstance(protocol, GuardedConnection):  # compat.uvicorn's limits sit in between
                     protocol = protocol.inner
                 scope["extensions"] = {**(scope.get("extensions") or {}), ABORT: transport.abort,
-                                       CLOSING: lambda: getattr(protocol, SHUTTING_DOWN, False)}
+                                       CLOSING: functools.partial(_closing, protocol)}
         await self.app(scope, receive, send)
 
 
-SHUTTING_DOWN = "_visionguard_shutting_down"  # set on a protocol instance by its wrapped shutdown()
+SHUTTING_DOWN = "_visionguard_shutting_down"  # set on a protocol, and on its server's state, at shutdown
+
+
+def _closing(protocol: Any) -> bool:
+    return getattr(protocol, SHUTTING_DOWN, False) or getattr(protocol.server_state, SHUTTING_DOWN, False)
 
 
 def _mark_shutdown(protocol_class: Any) -> None:
@@ -78,11 +88,25 @@ def _mark_shutdown(protocol_class: Any) -> None:
     protocol_class.shutdown = shutdown
 
 
+def _mark_server_shutdown() -> None:
+    original = Server.shutdown
+    if getattr(original, "visionguard", False):
+        return
+
+    async def shutdown(self, *args, **kwargs) -> None:
+        setattr(self.server_state, SHUTTING_DOWN, True)  # before it closes anything
+        await original(self, *args, **kwargs)
+
+    shutdown.visionguard = True  # type: ignore[attr-defined]
+    Server.shutdown = shutdown  # type: ignore[method-assign]
+
+
 def install(app: FastAPI) -> None:
     """Wrap the middleware stack the app will build on its first request (and, once per
     process, the protocols' `shutdown`)."""
     for protocol_class, _ in http_implementations():
         _mark_shutdown(protocol_class)
+    _mark_server_shutdown()
     build = app.build_middleware_stack
     app.build_middleware_stack = lambda: ConnectionExtensions(build())  # type: ignore[method-assign]
 
@@ -98,7 +122,11 @@ def _cycle_ok(cycle: Any, protocol: Any) -> bool:
             and "disconnected" in _names(cycle.send)
             and "send" in _names(cycle.run_asgi) and "disconnected" in _names(cycle.run_asgi)
             and {"disconnected", "resume_writing"} <= set(_names(protocol.connection_lost))
-            and callable(getattr(protocol, "shutdown", None)))
+            and callable(getattr(protocol, "shutdown", None)) and "server_state" in _names(protocol.__init__))
+
+
+def _server_shutdown() -> bool:
+    return inspect.iscoroutinefunction(Server.shutdown) and "server_state" in _names(Server.__init__)
 
 
 def _h11() -> bool:
@@ -122,6 +150,7 @@ STARLETTE_PINNED = "starlette==1.10.0"
 INTERNALS: dict[str, Callable[[], bool]] = {
     "uvicorn.protocols.http.h11_impl.RequestResponseCycle.send": _h11,
     "uvicorn.protocols.http.httptools_impl.RequestResponseCycle.send": _httptools,
+    "uvicorn.server.Server.shutdown": _server_shutdown,
 }
 STARLETTE_INTERNALS: dict[str, Callable[[], bool]] = {
     "starlette.applications.Starlette.build_middleware_stack": _lazy_stack,

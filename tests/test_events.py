@@ -296,20 +296,44 @@ async def test_an_open_stream_does_not_hold_the_shutdown_and_stays_open_until_th
         await client.close()
 
 
-def test_a_changed_uvicorn_stops_start_up_with_one_line(monkeypatch):
+async def test_a_stream_whose_connection_was_never_told_still_ends_at_shutdown(monkeypatch):
+    """asyncio makes a connection's protocol a few loop turns after the accept, so one accepted as
+    the shutdown begins is never sent `shutdown()` (the likely cause of an open stream that once
+    held a CI run's shutdown for 30 s). The server's own shutdown marks its state, which every
+    connection shares: the stream ends."""
+    from uvicorn.protocols.http import h11_impl
+
+    async with running_server() as (url, svc):
+        sse = SseClient(url, "/api/events/stream")
+        await sse.__aenter__()
+        assert await wait_until(lambda: len(svc.events.subscribers) == 1, 15)
+        monkeypatch.setattr(h11_impl.H11Protocol, "shutdown", lambda self: None)  # this connection is never told
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 20  # the stream ended, then uvicorn's keep-alive timeout closed the connection
+    assert await sse.wait_for(lambda ev: False, 5) is False and sse.ended
+    await sse.close()
+
+
+@pytest.mark.parametrize("internal", ["RequestResponseCycle.send", "Server.shutdown"])
+def test_a_changed_uvicorn_stops_start_up_with_one_line(monkeypatch, internal):
     from uvicorn.protocols.http import h11_impl
 
     from conftest import build_test_app
 
+    from uvicorn.server import Server
+
     async def send(self, message):  # a future uvicorn whose send no longer knows `disconnected`
         return None
 
-    monkeypatch.setattr(h11_impl.RequestResponseCycle, "send", send)
+    if internal == "Server.shutdown":  # a future uvicorn whose shutdown is no longer a coroutine
+        monkeypatch.setattr(Server, "shutdown", lambda self, sockets=None: None)
+    else:
+        monkeypatch.setattr(h11_impl.RequestResponseCycle, "send", send)
     with pytest.raises(SystemExit) as stopped:
         build_test_app()
     message = str(stopped.value.code)
     assert len(message.splitlines()) == 1
-    assert "RequestResponseCycle.send" in message and "uvicorn==0.54.0" in message
+    assert internal in message and "uvicorn==0.54.0" in message
 
 
 async def test_frames_waiting_for_their_event_are_bounded(tmp_path):
