@@ -47,6 +47,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from bench.camera_latency import echo_server  # noqa: E402
 from bench.server import server  # noqa: E402
 from marked_frames import MarkedCamera, mark, read_mark  # noqa: E402
+from rtc_client import on_rtp  # noqa: E402
 
 FPS = 30
 CLEAN_AFTER = 30
@@ -140,13 +141,7 @@ def stamp_first_packet(pc, stamps: dict) -> None:
     """Note when the first video RTP packet reaches the client's receiver (before its jitter
     buffer and decoder): what separates the server's sending from the client's own work."""
     receiver = next(t.receiver for t in pc.getTransceivers() if t.kind == "video")
-    handle = receiver._handle_rtp_packet
-
-    async def first(packet, arrival_time_ms):
-        stamps.setdefault("first_packet", time.monotonic())
-        return await handle(packet, arrival_time_ms)
-
-    receiver._handle_rtp_packet = first
+    on_rtp(receiver, lambda packet: stamps.setdefault("first_packet", time.monotonic()))
 
 
 async def join(url: str, send_track=None, timeout: float = 20.0, gate=None, collect_s: float = 2.5) -> dict:

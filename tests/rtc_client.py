@@ -155,3 +155,16 @@ def is_keyframe(codec: str, data: bytes) -> bool:
     # H.264 Annex B from aiortc's depacketiser: an IDR slice (type 5) makes a keyframe
     nal_types = {data[i + 3] & 0x1F for i in range(len(data) - 4) if data[i:i + 3] == b"\x00\x00\x01"}
     return 5 in nal_types
+
+
+def on_rtp(receiver, check) -> None:
+    """Call `check(packet)` on every RTP packet this client's `receiver` gets, before aiortc's
+    jitter buffer and decoder (aiortc 1.16's `_handle_rtp_packet`, wrapped): False drops it, as
+    if lost on the way. Tests and benches instrument the client here, not the server."""
+    handle = receiver._handle_rtp_packet
+
+    async def checked(packet, arrival_time_ms):
+        if check(packet) is not False:
+            await handle(packet, arrival_time_ms)
+
+    receiver._handle_rtp_packet = checked

@@ -9,7 +9,7 @@ import struct
 
 import pipeline.encoder_pool as encoder_pool
 from conftest import running_server
-from rtc_client import EncodedLog, connect, is_keyframe
+from rtc_client import EncodedLog, connect, is_keyframe, on_rtp
 from test_webrtc import wait_until
 
 
@@ -62,33 +62,29 @@ async def test_lost_packets_are_resent_to_that_viewer_alone():
         await asyncio.gather(*(v.receive(10) for v in (lossy, *others)))
         receiver = lossy.pc.getTransceivers()[0].receiver
         media_ssrc = receiver.getSynchronizationSources()[0].source
-        handle, seen = receiver._handle_rtp_packet, {"n": 0}
+        seen = {"n": 0}
         dropped, resent = set(), set()
 
-        async def lose_some(packet, arrival_time_ms):
+        def lose_some(packet) -> bool:
             if packet.ssrc == media_ssrc:
                 seen["n"] += 1
                 if seen["n"] % 15 == 0 and not packet.marker:  # not a frame's last packet
                     dropped.add(packet.sequence_number)
-                    return  # lost on the way
+                    return False  # lost on the way
             else:  # RTX: the original sequence number leads its payload
                 resent.add(struct.unpack("!H", packet.payload[:2])[0])
-            await handle(packet, arrival_time_ms)
-        receiver._handle_rtp_packet = lose_some
-        others_rtx = [0]
+            return True
+        on_rtp(receiver, lose_some)
+        others_rtx = []  # RTX packets any other viewer got
         for viewer in others:
             other = viewer.pc.getTransceivers()[0].receiver
             ssrc = other.getSynchronizationSources()[0].source
-
-            async def count_rtx(packet, arrival_time_ms, handle=other._handle_rtp_packet, ssrc=ssrc):
-                others_rtx[0] += packet.ssrc != ssrc
-                await handle(packet, arrival_time_ms)
-            other._handle_rtp_packet = count_rtx
+            on_rtp(other, lambda packet, ssrc=ssrc: packet.ssrc == ssrc or others_rtx.append(packet.ssrc))
 
         await lossy.receive(90)  # its video goes on (a picture that still broke: the periodic keyframe)
         assert len(dropped) >= 3 and len(resent & dropped) >= len(dropped) // 2, (dropped, resent)
         assert resent <= dropped, "only the lost packets are resent"
-        assert others_rtx[0] == 0, "to that viewer alone"
+        assert others_rtx == [], "to that viewer alone"
         # the send loop keeps the counters aiortc's stats and RTCP sender reports are made of
         sender = svc.sessions.get(lossy.session_id).pc.getSenders()[0]
         (sent,) = [s for s in (await sender.getStats()).values() if s.type == "outbound-rtp"]
