@@ -157,6 +157,14 @@ def is_keyframe(codec: str, data: bytes) -> bool:
     return 5 in nal_types
 
 
+def pli(viewer: Viewer):
+    """Make this client send a PLI now (what a browser does when its picture breaks; aiortc
+    1.16's `_send_rtcp_pli`)."""
+    receiver = viewer.pc.getTransceivers()[0].receiver
+    (ssrc,) = [s.source for s in receiver.getSynchronizationSources()]
+    return receiver._send_rtcp_pli(ssrc)
+
+
 def on_rtp(receiver, check) -> None:
     """Call `check(packet)` on every RTP packet this client's `receiver` gets, before aiortc's
     jitter buffer and decoder (aiortc 1.16's `_handle_rtp_packet`, wrapped): False drops it, as

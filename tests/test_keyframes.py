@@ -9,15 +9,8 @@ import struct
 
 import pipeline.encoder_pool as encoder_pool
 from conftest import running_server
-from rtc_client import EncodedLog, connect, is_keyframe, on_rtp
+from rtc_client import EncodedLog, connect, is_keyframe, on_rtp, pli
 from test_webrtc import wait_until
-
-
-def pli(viewer):
-    """Make this client send a PLI now (what a browser does when its picture breaks)."""
-    receiver = viewer.pc.getTransceivers()[0].receiver
-    (ssrc,) = [s.source for s in receiver.getSynchronizationSources()]
-    return receiver._send_rtcp_pli(ssrc)
 
 
 def keyframes(log, viewer) -> int:

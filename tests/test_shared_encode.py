@@ -10,8 +10,7 @@ import pytest
 
 from ai_stream import JOIN_BEHIND, AIProcessedStream
 from conftest import running_server
-from rtc_client import EncodedLog, connect, is_keyframe
-from test_keyframes import pli
+from rtc_client import EncodedLog, connect, is_keyframe, pli
 from test_webrtc import wait_until
 
 
