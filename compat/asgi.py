@@ -19,8 +19,10 @@ sees uvicorn's own `send`). For each HTTP request served by uvicorn it puts into
   the protocols' `shutdown` to mark the protocol (reached from the cycle's transport with the
   public `get_protocol()`), and the server's `shutdown` to mark its `server_state`, which all
   its connections share: asyncio makes a connection's protocol a few loop turns after the
-  accept, so one accepted as the shutdown begins is never sent `shutdown()`, and its stream
-  would hold the shutdown for good. The request's own
+  accept, so one accepted as the shutdown begins is never sent `shutdown()`: its stream would
+  hold the shutdown for good, and once the stream ends its idle keep-alive connection would,
+  if the client comes back on it. So the server's `shutdown` also tells, until it is over,
+  each connection uvicorn has not told. The request's own
   `keep_alive` would not do: it is False from the start for HTTP/1.0 and `Connection: close`
   requests (nginx's default to upstreams).
 
@@ -30,6 +32,7 @@ the stream does without. uvicorn and Starlette are pinned (`PINNED`, `STARLETTE_
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from typing import Any, Callable
@@ -69,6 +72,7 @@ class ConnectionExtensions:
 
 
 SHUTTING_DOWN = "_visionguard_shutting_down"  # set on a protocol, and on its server's state, at shutdown
+LATE_POLL_S = 0.1  # how often, during a shutdown, connections uvicorn has not told are looked for
 
 
 def _closing(protocol: Any) -> bool:
@@ -95,10 +99,28 @@ def _mark_server_shutdown() -> None:
 
     async def shutdown(self, *args, **kwargs) -> None:
         setattr(self.server_state, SHUTTING_DOWN, True)  # before it closes anything
-        await original(self, *args, **kwargs)
+        late = asyncio.ensure_future(_tell_late_connections(self.server_state))
+        try:
+            await original(self, *args, **kwargs)
+        finally:
+            late.cancel()
 
     shutdown.visionguard = True  # type: ignore[attr-defined]
+    shutdown.__wrapped__ = original  # type: ignore[attr-defined]  # what the self-check reads
     Server.shutdown = shutdown  # type: ignore[method-assign]
+
+
+async def _tell_late_connections(server_state: Any) -> None:
+    """uvicorn sends `shutdown()` once, to the connections it has then. One whose protocol is
+    made after that pass is never told: its stream ends (it sees the marked state), but the
+    connection stays open, and a client that comes back on it before the keep-alive timeout
+    (EventSource: `retry: 3000`, uvicorn: 5 s) holds the shutdown for good. So, until the
+    shutdown is over, every connection not yet told is told."""
+    while True:
+        await asyncio.sleep(LATE_POLL_S)
+        for connection in list(server_state.connections):
+            if not getattr(connection, SHUTTING_DOWN, False):
+                connection.shutdown()
 
 
 def install(app: FastAPI) -> None:
@@ -126,7 +148,8 @@ def _cycle_ok(cycle: Any, protocol: Any) -> bool:
 
 
 def _server_shutdown() -> bool:
-    return inspect.iscoroutinefunction(Server.shutdown) and "server_state" in _names(Server.__init__)
+    return (inspect.iscoroutinefunction(Server.shutdown) and "server_state" in _names(Server.__init__)
+            and {"connections", "shutdown"} <= set(_names(inspect.unwrap(Server.shutdown))))
 
 
 def _h11() -> bool:

@@ -296,22 +296,50 @@ async def test_an_open_stream_does_not_hold_the_shutdown_and_stays_open_until_th
         await client.close()
 
 
-async def test_a_stream_whose_connection_was_never_told_still_ends_at_shutdown(monkeypatch):
-    """asyncio makes a connection's protocol a few loop turns after the accept, so one accepted as
-    the shutdown begins is never sent `shutdown()` (the likely cause of an open stream that once
-    held a CI run's shutdown for 30 s). The server's own shutdown marks its state, which every
-    connection shares: the stream ends."""
+async def _come_back_until_closed(reader, writer, request: bytes) -> int:
+    """What EventSource does on one keep-alive connection: each time the stream ends, ask again
+    on the same connection. Returns how many times the stream ended before the server closed it."""
+    ends = 0
+    seen = b""
+    try:
+        while chunk := await reader.read(65536):
+            seen += chunk
+            if seen.endswith(b"0\r\n\r\n"):  # the end of a chunked response: the stream ended
+                ends, seen = ends + 1, b""
+                await asyncio.sleep(0.2)  # EventSource waits `retry`; uvicorn's keep-alive timeout is 5 s
+                writer.write(request)
+    except ConnectionError:
+        pass
+    writer.close()
+    return ends
+
+
+async def test_a_client_back_on_a_connection_uvicorn_never_told_does_not_hold_the_shutdown(monkeypatch):
+    """asyncio makes a connection's protocol a few loop turns after the accept, so uvicorn's one
+    pass of `shutdown()` misses a connection accepted as the shutdown begins. Its stream still
+    ends (the server's state is marked), but a client that comes back on the same keep-alive
+    connection (a browser's EventSource did, and held a CI run's shutdown for 30 s) would keep it
+    open for good. The server's shutdown tells such connections itself: the connection closes."""
     from uvicorn.protocols.http import h11_impl
 
+    told = h11_impl.H11Protocol.shutdown  # compat.asgi's marking wrapper around uvicorn's
+    missed: set[int] = set()
+
+    def shutdown(self) -> None:
+        if id(self) not in missed:  # uvicorn's own pass misses it, as it misses a late connection
+            missed.add(id(self))
+            return
+        told(self)
+
+    request = b"GET /api/events/stream HTTP/1.1\r\nHost: test\r\n\r\n"
     async with running_server() as (url, svc):
-        sse = SseClient(url, "/api/events/stream")
-        await sse.__aenter__()
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        writer.write(request)
         assert await wait_until(lambda: len(svc.events.subscribers) == 1, 15)
-        monkeypatch.setattr(h11_impl.H11Protocol, "shutdown", lambda self: None)  # this connection is never told
-        t0 = time.monotonic()
-    assert time.monotonic() - t0 < 20  # the stream ended, then uvicorn's keep-alive timeout closed the connection
-    assert await sse.wait_for(lambda ev: False, 5) is False and sse.ended
-    await sse.close()
+        monkeypatch.setattr(h11_impl.H11Protocol, "shutdown", shutdown)
+        client = asyncio.create_task(_come_back_until_closed(reader, writer, request))
+    # running_server has shut down (it fails after 30 s if the connection held it)
+    assert missed and await asyncio.wait_for(client, 10) >= 1  # the stream ended, then the connection closed
 
 
 @pytest.mark.parametrize("internal", ["RequestResponseCycle.send", "Server.shutdown"])
