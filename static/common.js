@@ -1,6 +1,6 @@
-// Helpers shared by VisionGuard's pages (the console; the demo page may adopt them): the access
-// token kept in this tab, API calls with it, and small formatting. No build step: a plain script
-// that defines `window.VG`.
+// Helpers shared by VisionGuard's pages (the console and the demo page): the access token kept in
+// this tab, API calls with it, the event stream, the Record toggle, and small formatting. No build
+// step: a plain script that defines `window.VG`.
 //
 // Access control (AUTH_MODE=jwt): the token is kept in sessionStorage (this tab only) and sent as
 // `Authorization: Bearer …` on every API call, never in a URL. Media the browser loads by itself
@@ -29,13 +29,14 @@
   }
 
   // fetch + JSON. A refusal throws an Error whose message is the server's own sentence (`detail`),
-  // with `status` and `code` set; an unreachable server throws one with status 0.
+  // with `status`, `code`, `detail` and `retryAfter` (the header's seconds, capped at 300; else
+  // null) set; an unreachable server throws one with status 0.
   async function api(path, options, token = storedToken()) {
     let response;
     try {
       response = await fetch(path, withToken(options, token));
     } catch (e) {
-      const error = new Error("The server cannot be reached (" + e.message + ").");
+      const error = new Error("The server cannot be reached (" + e.message + ")");
       error.status = 0;
       throw error;
     }
@@ -44,11 +45,14 @@
       try {
         const body = await response.json();
         detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
-        code = body.code || "";
+        code = typeof body.code === "string" ? body.code : "";
       } catch (e) { /* not JSON */ }
       const error = new Error(detail);
       error.status = response.status;
       error.code = code;
+      error.detail = detail;
+      const retryAfter = parseInt(response.headers.get("Retry-After"), 10);
+      error.retryAfter = retryAfter > 0 ? Math.min(retryAfter, 300) : null;
       throw error;
     }
     return response.json();
@@ -116,6 +120,68 @@
     return source;
   }
 
+  // A Record button for the source `sourceOf()` names: POST or DELETE /api/sources/{name}/record
+  // (`admin` when access control is on) through `api`. While that source records it is pressed and
+  // says `recordingText(seconds)`, counting. `learn(recordings)` takes what is in progress from a
+  // /api/recordings answer (the source routes' manual and continuous recordings).
+  class RecordToggle {
+    constructor({ button, sourceOf, api: call = api, recordingText, noSourceTitle }) {
+      Object.assign(this, { button, sourceOf, call, recordingText, noSourceTitle });
+      this.since = {}; // source → start (ms since the epoch) of its recording in progress
+      this.busy = false;
+      this.timer = null;
+    }
+
+    show() {
+      const source = this.sourceOf();
+      const since = this.since[source];
+      const button = this.button;
+      button.disabled = this.busy || !source;
+      button.classList.toggle("on", since !== undefined);
+      button.setAttribute("aria-pressed", String(since !== undefined));
+      clearInterval(this.timer);
+      if (since !== undefined) {
+        button.textContent = this.recordingText(Math.max(0, Math.round((Date.now() - since) / 1000)));
+        button.title = "Stop recording " + source;
+        this.timer = setInterval(() => this.show(), 1000);
+      } else {
+        button.textContent = "Record";
+        button.title = source ? "Record " + source : this.noSourceTitle;
+      }
+    }
+
+    learn(recordings) {
+      this.since = {};
+      for (const r of recordings) { // the newest first: keep each source's newest in progress
+        if (r.state === "recording" && (r.trigger === "manual" || r.trigger === "continuous")
+          && !(r.source in this.since)) this.since[r.source] = Date.parse(r.started_at);
+      }
+    }
+
+    // Start or stop the chosen source's recording. False when there was nothing to do (no source,
+    // or a click while the last one is on its way); a refusal throws the API's error.
+    async toggle() {
+      const source = this.sourceOf();
+      if (!source || this.busy) return false;
+      const path = `/api/sources/${encodeURIComponent(source)}/record`;
+      this.busy = true;
+      this.show();
+      try {
+        if (this.since[source] !== undefined) {
+          await this.call(path, { method: "DELETE" });
+          delete this.since[source];
+        } else {
+          const started = await this.call(path, { method: "POST" });
+          this.since[source] = Date.parse(started.started_at);
+        }
+        return true;
+      } finally {
+        this.busy = false;
+        this.show();
+      }
+    }
+  }
+
   window.VG = { TOKEN_KEY, storedToken, keepToken, withToken, api, tokenScopes, el, formatBytes, formatDuration,
-    iceGathered, openEventStream };
+    iceGathered, openEventStream, RecordToggle };
 })();

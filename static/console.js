@@ -498,9 +498,10 @@ $("media-video").addEventListener("error", () => {
 });
 
 // -- recordings -------------------------------------------------------------------------------
-let recordBusy = false;
-let recordTimer = null;
-const recordingSince = {}; // source → start (ms since the epoch) of its manual/continuous recording
+const recorder = new VG.RecordToggle({
+  button: $("rec-toggle"), sourceOf: () => $("rec-source").value,
+  recordingText: (s) => `Stop · ${s} s`, noSourceTitle: "Pick a source to record it",
+});
 
 function showRecordSources() {
   const select = $("rec-source");
@@ -511,25 +512,7 @@ function showRecordSources() {
     select.replaceChildren(new Option("all sources", ""), ...names.map((n) => new Option(n, n)));
     select.value = names.includes(chosen) ? chosen : "";
   }
-  showRecordButton();
-}
-
-function showRecordButton() {
-  const button = $("rec-toggle");
-  const source = $("rec-source").value;
-  const since = recordingSince[source];
-  button.disabled = recordBusy || !source;
-  button.classList.toggle("on", since !== undefined);
-  button.setAttribute("aria-pressed", String(since !== undefined));
-  clearInterval(recordTimer);
-  if (since !== undefined) {
-    button.textContent = `Stop · ${Math.max(0, Math.round((Date.now() - since) / 1000))} s`;
-    button.title = "Stop recording " + source;
-    recordTimer = setInterval(showRecordButton, 1000);
-  } else {
-    button.textContent = "Record";
-    button.title = source ? "Record " + source : "Pick a source to record it";
-  }
+  recorder.show();
 }
 
 function recordingRow(r) {
@@ -569,44 +552,26 @@ async function loadRecordings() {
     if ($("rec-source").value !== source) return; // the choice changed meanwhile: its own load follows
     vgc.recordings = body.recordings;
     vgc.recordingsLoads += 1;
-    for (const key of Object.keys(recordingSince)) delete recordingSince[key];
-    for (const r of body.recordings) { // the newest first: keep each source's newest in progress
-      if (r.state === "recording" && (r.trigger === "manual" || r.trigger === "continuous") && !(r.source in recordingSince)) {
-        recordingSince[r.source] = Date.parse(r.started_at);
-      }
-    }
+    recorder.learn(body.recordings);
     $("recordings").tBodies[0].replaceChildren(...body.recordings.map(recordingRow));
     $("recordings-state").textContent = body.recordings.length ? `${body.recordings.length}` : "none yet";
   } catch (e) {
     $("recordings-state").textContent = e.status === 401 || e.status === 403 ? "needs a token" : "unavailable";
     if (e.status === 401 || e.status === 403) failed("Recordings", e);
   }
-  showRecordButton();
+  recorder.show();
 }
 
 async function toggleRecord() {
   const source = $("rec-source").value;
-  if (!source || recordBusy) return;
-  const path = `/api/sources/${encodeURIComponent(source)}/record`;
-  const stopping = recordingSince[source] !== undefined;
-  recordBusy = true;
-  showRecordButton();
   try {
-    if (stopping) {
-      await api(path, { method: "DELETE" });
-      delete recordingSince[source];
-    } else {
-      const started = await api(path, { method: "POST" });
-      recordingSince[source] = Date.parse(started.started_at);
-    }
+    if (!(await recorder.toggle())) return;
     showError("");
   } catch (e) {
     if (e.status === 401 || e.status === 403) failed("Record", e);
     else showError(`Record ${source}: ${e.message}`); // 409 already recording, 404 not recording
-  } finally {
-    recordBusy = false;
-    await loadRecordings();
   }
+  await loadRecordings();
 }
 
 // Two clicks: the first arms the button for a few seconds, the second deletes.
@@ -629,7 +594,7 @@ async function deleteRecording(r, button) {
 }
 
 $("rec-toggle").addEventListener("click", toggleRecord);
-$("rec-source").addEventListener("change", () => { showRecordButton(); loadRecordings(); });
+$("rec-source").addEventListener("change", () => { recorder.show(); loadRecordings(); });
 
 // -- start ------------------------------------------------------------------------------------
 $("sign-in").addEventListener("click", signIn);

@@ -9,8 +9,6 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const GATHER_CAP_MS = 2000;
-const TOKEN_KEY = "visionguard.token";
 const SOURCES_EVERY_MS = 2500; // while connected: the watched source's health, the menu's states
 const SOURCES_IDLE_MS = 5000; // otherwise: the menu's states
 const FULL_RETRY_S = 5; // a full server that sends no Retry-After
@@ -91,16 +89,9 @@ function retryNow() {
   connect();
 }
 
-function storedToken() {
-  return sessionStorage.getItem(TOKEN_KEY) || "";
-}
-
 // What the person typed, kept for this tab (an empty field forgets the token).
 function keepTypedToken() {
-  const token = $("token").value.trim().replace(/^Bearer\s+/i, "");
-  if (token) sessionStorage.setItem(TOKEN_KEY, token);
-  else sessionStorage.removeItem(TOKEN_KEY);
-  return token;
+  return VG.keepToken($("token").value);
 }
 
 // The server wants a (better) token: show the field and put the cursor in it.
@@ -108,12 +99,6 @@ function askForToken() {
   $("auth").hidden = false;
   $("auth").classList.add("needed");
   $("token").focus();
-}
-
-function withToken(options, token) {
-  const headers = new Headers((options && options.headers) || {});
-  if (token) headers.set("Authorization", "Bearer " + token);
-  return { ...options, headers };
 }
 
 // What an error body ({detail, code}) means, in plain words, chosen by its code.
@@ -149,32 +134,17 @@ function modelReason(detail) {
   return String(detail || "").replace(/^Model '[^']*' failed to load: /, "").replace(/\.$/, "");
 }
 
-async function api(path, options, token = storedToken()) {
-  let response;
+// VG.api with its refusals in plain words (plainMessage, chosen by the body's code); a 401/403
+// also brings the token field forward, unless `options.quiet`.
+async function api(path, options, token = VG.storedToken()) {
   try {
-    response = await fetch(path, withToken(options, token));
+    return await VG.api(path, options, token);
   } catch (e) {
-    const error = new Error("The server cannot be reached");
-    error.unreachable = true;
-    throw error;
+    if (!e.status) throw e; // the server cannot be reached
+    if ((e.status === 401 || e.status === 403) && !(options && options.quiet)) askForToken();
+    e.message = plainMessage(e.status, e.code, e.detail, token);
+    throw e;
   }
-  if (!response.ok) {
-    let detail = "HTTP " + response.status, code = "";
-    try {
-      const body = await response.json();
-      detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
-      code = typeof body.code === "string" ? body.code : "";
-    } catch (e) { /* not JSON */ }
-    if ((response.status === 401 || response.status === 403) && !(options && options.quiet)) askForToken();
-    const error = new Error(plainMessage(response.status, code, detail, token));
-    error.status = response.status;
-    error.code = code;
-    error.detail = detail;
-    const retryAfter = parseInt(response.headers.get("Retry-After"), 10);
-    error.retryAfter = retryAfter > 0 ? Math.min(retryAfter, 300) : null;
-    throw error;
-  }
-  return response.json();
 }
 
 function option(text, value, { disabled = false, title = "" } = {}) {
@@ -246,7 +216,7 @@ async function loadChoices() {
     choicesLoaded = true;
     showSources(sources.sources);
     showModels(models);
-    showRecordButton();
+    recorder.show();
   } catch (e) {
     showError(e.status === 401 || e.status === 403 ? e.message : "Could not load sources and models: " + e.message);
   }
@@ -273,16 +243,6 @@ function showHealth() {
   } else {
     setStatus("connected");
   }
-}
-
-function waitForIceGathering(peer) {
-  if (peer.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, GATHER_CAP_MS);
-    peer.addEventListener("icegatheringstatechange", () => {
-      if (peer.iceGatheringState === "complete") { clearTimeout(timer); resolve(); }
-    });
-  });
 }
 
 function showDetections(message) {
@@ -332,7 +292,7 @@ async function connect() {
   const mode = $("mode").value;
   const source = mode === "view" ? $("source").value : "";
   const model = $("model").value;
-  const token = storedToken();
+  const token = VG.storedToken();
   vg.watching = mode === "view" ? source || "default" : null;
   vg.source = null;
   try {
@@ -363,7 +323,7 @@ async function connect() {
       }
     };
     await peer.setLocalDescription(await peer.createOffer());
-    await waitForIceGathering(peer);
+    await VG.iceGathered(peer);
     if (peer !== pc) return;
     const body = { sdp: peer.localDescription.sdp, type: "offer" };
     if (source) body.source = source;
@@ -372,7 +332,7 @@ async function connect() {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     }, token);
     if (peer !== pc) { // Disconnect (or another choice) while the offer was on its way
-      fetch("/api/session/" + answer.session_id, withToken({ method: "DELETE" }, token)).catch(() => {});
+      fetch("/api/session/" + answer.session_id, VG.withToken({ method: "DELETE" }, token)).catch(() => {});
       return;
     }
     vg.sessionId = answer.session_id;
@@ -439,7 +399,7 @@ function stop() {
   vg.sessionId = null;
   vg.watching = null;
   vg.source = null;
-  if (sessionId) fetch("/api/session/" + sessionId, withToken({ method: "DELETE" }, sessionToken)).catch(() => {});
+  if (sessionId) fetch("/api/session/" + sessionId, VG.withToken({ method: "DELETE" }, sessionToken)).catch(() => {});
   closePeer();
   clearPanels();
   $("connect").disabled = false;
@@ -450,7 +410,7 @@ function stop() {
 
 // A new source, model or mode while connected: a new session with it (the old one ends).
 function applyChoice() {
-  showRecordButton();
+  recorder.show();
   if (!wanted) return;
   stop();
   vg.reconnects = 0;
@@ -549,30 +509,13 @@ async function loadEvents() {
 // a row's `download_url` (signed for this token when access control is on, so <video> needs no
 // header) into the one #playback element.
 const RECORDINGS_EVERY_MS = 10000;
-let recordBusy = false;
-let recordTimer = null;
 let recordingsDenied = false; // 401/403: wait for Connect (a new token) before asking again
-const recordingSince = {}; // source → start (ms since the epoch) of its recording in progress
+const recorder = new VG.RecordToggle({
+  button: $("record"), sourceOf: () => $("source").value, api,
+  recordingText: (s) => `Recording… ${s} s`, noSourceTitle: "Record the selected source",
+});
 vg.recordings = [];
 vg.recordingsLoads = 0;
-
-function showRecordButton() {
-  const button = $("record");
-  const source = $("source").value;
-  const since = recordingSince[source];
-  button.disabled = recordBusy || !source;
-  button.classList.toggle("on", since !== undefined);
-  button.setAttribute("aria-pressed", String(since !== undefined));
-  if (since !== undefined) {
-    button.textContent = `Recording… ${Math.max(0, Math.round((Date.now() - since) / 1000))} s`;
-    button.title = "Stop recording " + source;
-  } else {
-    button.textContent = "Record";
-    button.title = source ? "Record " + source : "Record the selected source";
-  }
-  clearInterval(recordTimer);
-  if (since !== undefined) recordTimer = setInterval(showRecordButton, 1000);
-}
 
 function playRecording(r) {
   const video = $("playback");
@@ -612,45 +555,24 @@ async function loadRecordings() {
     recordingsDenied = false;
     vg.recordings = body.recordings;
     vg.recordingsLoads += 1;
-    for (const key of Object.keys(recordingSince)) delete recordingSince[key];
-    for (const r of body.recordings) { // the newest first: keep each source's newest in progress
-      // the Record button stands for the source routes: manual and continuous recordings
-      const bySource = r.trigger === "manual" || r.trigger === "continuous";
-      if (r.state === "recording" && bySource && !(r.source in recordingSince)) {
-        recordingSince[r.source] = Date.parse(r.started_at);
-      }
-    }
+    recorder.learn(body.recordings);
     $("recordings").tBodies[0].replaceChildren(...body.recordings.map(recordingRow));
     $("recordings-state").textContent = body.recordings.length ? "" : "none yet";
   } catch (e) {
     recordingsDenied = e.status === 401 || e.status === 403;
     $("recordings-state").textContent = recordingsDenied ? "needs a token" : "unavailable";
   }
-  showRecordButton();
+  recorder.show();
 }
 
 async function toggleRecord() {
-  const source = $("source").value;
-  if (!source || recordBusy) return;
-  const path = `/api/sources/${encodeURIComponent(source)}/record`;
-  const stopping = recordingSince[source] !== undefined;
-  recordBusy = true;
-  showRecordButton();
   try {
-    if (stopping) {
-      await api(path, { method: "DELETE" });
-      delete recordingSince[source];
-    } else {
-      const started = await api(path, { method: "POST" });
-      recordingSince[source] = Date.parse(started.started_at);
-    }
+    if (!(await recorder.toggle())) return;
     if (!countdownTimer) showError(""); // a retry's countdown stays
   } catch (e) {
     showError(e.message); // 401/403 (the token, its scope), 409 already recording, 404 not recording
-  } finally {
-    recordBusy = false;
-    await loadRecordings(); // also sets the button to what the server says
   }
+  await loadRecordings(); // also sets the button to what the server says
 }
 
 $("record").addEventListener("click", toggleRecord);
@@ -690,8 +612,8 @@ $("token").addEventListener("change", keepTypedToken);
 $("token").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !$("connect").disabled) $("connect").click();
 });
-if (storedToken()) {
-  $("token").value = storedToken();
+if (VG.storedToken()) {
+  $("token").value = VG.storedToken();
   $("auth").hidden = false;
 }
 loadChoices().then(() => { sourcesTimer = setTimeout(refreshSources, SOURCES_IDLE_MS); });
@@ -701,7 +623,7 @@ loadRecordings();
 // Leaving the page: end the session now rather than at the server's inactivity timeout.
 window.addEventListener("pagehide", () => {
   if (vg.sessionId) {
-    fetch("/api/session/" + vg.sessionId, withToken({ method: "DELETE", keepalive: true }, sessionToken))
+    fetch("/api/session/" + vg.sessionId, VG.withToken({ method: "DELETE", keepalive: true }, sessionToken))
       .catch(() => {});
   }
 });
