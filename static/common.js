@@ -100,7 +100,8 @@
     });
   }
 
-  // The live person events at `url` (a stream_url), resuming after `lastId` when it is not null.
+  // The live person events at `url` (a stream_url), resuming after `lastId` when it is not null
+  // (EventFeed's stream).
   // `on.show(event)` per event, `on.reset()` when the server's ids began again (it keeps no
   // EVENTS_FILE), `on.state(text)`, and `on.closed(source)` when a refused reconnect closed it
   // (its signed URL expired): then ask for a fresh URL and resume from the last event shown.
@@ -118,6 +119,60 @@
       if (source.readyState === EventSource.CLOSED) on.closed(source);
     };
     return source;
+  }
+
+  // A list of person events, newest on top, at most `shown`: the newest of /api/events, then the
+  // live ones from its `stream_url`, resuming after the last one shown. `item(event)` makes an
+  // event's element, `seen(event)` hears of each new one, `stateBox` says how the stream is.
+  // `load()` throws the API's refusal for the page to show; when a refused reconnect closes the
+  // stream (its signed URL expired), the page's `reload` runs 3 s later (`load()` again).
+  class EventFeed {
+    constructor({ list, stateBox, shown, item, seen = () => {}, reload, api: call = api }) {
+      Object.assign(this, { list, stateBox, shown, item, seen, reload, call });
+      this.lastId = null;
+      this.stream = null;
+      this.retry = null;
+    }
+
+    show(e) {
+      if (this.lastId !== null && e.id <= this.lastId) return; // already shown
+      this.lastId = e.id;
+      this.seen(e);
+      this.list.prepend(this.item(e));
+      while (this.list.children.length > this.shown) this.list.lastChild.remove();
+    }
+
+    // The list, then the stream; the /api/events answer, or undefined when a stream is open.
+    async load() {
+      if (this.stream) return undefined;
+      clearTimeout(this.retry);
+      let body;
+      try {
+        const since = this.lastId !== null ? `&since=${this.lastId}` : "";
+        body = await this.call(`/api/events?limit=${this.shown}${since}`);
+      } catch (e) {
+        this.stateBox.textContent = e.status === 401 || e.status === 403 ? "needs a token" : "unavailable";
+        throw e;
+      }
+      body.events.slice().reverse().forEach((e) => this.show(e)); // oldest first: the newest ends on top
+      const stream = openEventStream(body.stream_url, this.lastId, {
+        show: (e) => this.show(e),
+        reset: () => { this.lastId = null; this.list.replaceChildren(); },
+        state: (text) => { this.stateBox.textContent = text; },
+        closed: () => {
+          if (this.stream !== stream) return;
+          this.stream = null;
+          this.retry = setTimeout(this.reload, 3000);
+        },
+      });
+      this.stream = stream;
+      return body;
+    }
+
+    close() {
+      if (this.stream) this.stream.close();
+      this.stream = null;
+    }
   }
 
   // A Record button for the source `sourceOf()` names: POST or DELETE /api/sources/{name}/record
@@ -183,5 +238,5 @@
   }
 
   window.VG = { TOKEN_KEY, storedToken, keepToken, withToken, api, tokenScopes, el, formatBytes, formatDuration,
-    iceGathered, openEventStream, RecordToggle };
+    iceGathered, EventFeed, RecordToggle };
 })();

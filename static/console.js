@@ -20,7 +20,7 @@ const DELETE_CONFIRM_MS = 4000;
 
 const vgc = (window.vgc = {
   authOn: false, sources: [], sourcesLoads: 0, snapshotsLoaded: 0, health: null, healthLoads: 0,
-  events: 0, lastEventId: null, recordings: [], recordingsLoads: 0,
+  events: 0, recordings: [], recordingsLoads: 0,
   live: { source: null, status: "idle", frameId: null, messages: 0, sessionId: null },
   peer: () => livePeer,
 });
@@ -355,8 +355,6 @@ window.addEventListener("pagehide", () => { // leaving the page: end the session
 $("live").addEventListener("close", stopLive); // Escape too
 
 // -- events -----------------------------------------------------------------------------------
-let eventSource = null;
-let eventRetry = null;
 
 function eventLabel(e) {
   const what = e.type === "person_seen" ? "person seen" : "person gone";
@@ -389,44 +387,25 @@ function eventItem(e) {
   return li;
 }
 
-function showEvent(e) {
-  if (vgc.lastEventId !== null && e.id <= vgc.lastEventId) return; // already shown
-  vgc.lastEventId = e.id;
-  vgc.events += 1;
-  noticeSigned(e.snapshot_url);
-  const list = $("events");
-  list.prepend(eventItem(e));
-  while (list.children.length > EVENTS_SHOWN) list.lastChild.remove();
-}
+const feed = new VG.EventFeed({
+  list: $("events"), stateBox: $("events-state"), shown: EVENTS_SHOWN, item: eventItem,
+  seen: (e) => { vgc.events += 1; noticeSigned(e.snapshot_url); }, reload: () => loadEvents(),
+});
+Object.defineProperty(vgc, "lastEventId", { get: () => feed.lastId, enumerable: true });
 
 function restartEvents() {
-  if (eventSource) eventSource.close();
-  eventSource = null;
+  feed.close();
   loadEvents();
 }
 
 async function loadEvents() {
-  if (eventSource || denied) return;
-  clearTimeout(eventRetry);
+  if (denied) return;
   try {
-    const since = vgc.lastEventId !== null ? `&since=${vgc.lastEventId}` : "";
-    const body = await api(`/api/events?limit=${EVENTS_SHOWN}${since}`);
-    noticeSigned(body.stream_url);
-    body.events.slice().reverse().forEach(showEvent); // oldest first: the newest ends on top
-    eventSource = VG.openEventStream(body.stream_url, vgc.lastEventId, {
-      show: showEvent,
-      reset: () => { vgc.lastEventId = null; $("events").replaceChildren(); },
-      state: (text) => { $("events-state").textContent = text; },
-      closed: (source) => {
-        if (eventSource !== source) return;
-        eventSource = null;
-        eventRetry = setTimeout(loadEvents, 3000);
-      },
-    });
+    const body = await feed.load();
+    if (body) noticeSigned(body.stream_url);
   } catch (e) {
-    $("events-state").textContent = e.status === 401 || e.status === 403 ? "needs a token" : "unavailable";
     if (e.status === 401 || e.status === 403) failed("Events", e);
-    else eventRetry = setTimeout(loadEvents, 5000);
+    else feed.retry = setTimeout(loadEvents, 5000);
   }
 }
 

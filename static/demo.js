@@ -451,10 +451,7 @@ async function updateStats(peer) {
 // the stream (`stream_url`: signed for this token when access control is on, so EventSource
 // needs no header). Thumbnails load through each event's signed `snapshot_url`.
 const EVENTS_SHOWN = 20;
-let eventSource = null;
-let eventRetry = null;
 vg.events = 0;
-vg.lastEventId = null;
 
 function eventItem(e) {
   const li = document.createElement("li");
@@ -473,35 +470,16 @@ function eventItem(e) {
   return li;
 }
 
-function showEvent(e) {
-  if (vg.lastEventId !== null && e.id <= vg.lastEventId) return; // already shown
-  vg.lastEventId = e.id;
-  vg.events += 1;
-  const list = $("events");
-  list.prepend(eventItem(e));
-  while (list.children.length > EVENTS_SHOWN) list.lastChild.remove();
-}
+const feed = new VG.EventFeed({
+  list: $("events"), stateBox: $("events-state"), shown: EVENTS_SHOWN, item: eventItem, api,
+  seen: () => { vg.events += 1; }, reload: () => loadEvents(),
+});
+Object.defineProperty(vg, "lastEventId", { get: () => feed.lastId, enumerable: true });
 
 async function loadEvents() {
-  if (eventSource) return;
-  clearTimeout(eventRetry);
   try {
-    const since = vg.lastEventId !== null ? `&since=${vg.lastEventId}` : "";
-    const body = await api(`/api/events?limit=${EVENTS_SHOWN}${since}`);
-    body.events.slice().reverse().forEach(showEvent); // oldest first: the newest ends on top
-    eventSource = VG.openEventStream(body.stream_url, vg.lastEventId, {
-      show: showEvent,
-      reset: () => { vg.lastEventId = null; $("events").replaceChildren(); },
-      state: (text) => { $("events-state").textContent = text; },
-      closed: (source) => {
-        if (eventSource !== source) return;
-        eventSource = null;
-        eventRetry = setTimeout(loadEvents, 3000);
-      },
-    });
-  } catch (e) {
-    $("events-state").textContent = e.status === 401 || e.status === 403 ? "needs a token" : "unavailable";
-  }
+    await feed.load();
+  } catch (e) { /* its state says so ("needs a token", "unavailable"); Connect tries again */ }
 }
 
 // -- Recordings: a Record toggle for the selected source (POST/DELETE /api/sources/{name}/record,

@@ -88,3 +88,34 @@ async def test_demo_record_button_shows_the_servers_refusal(browser):
         assert await page.text_content("#record") == "Record" and not await page.is_disabled("#record")
         assert svc.recordings.store.list(None) == []
         await page.close()
+
+
+async def test_demo_events_carry_on_after_their_signed_stream_url_expires(browser):
+    """With access control on, the event stream's signed URL expires (SIGNED_URL_TTL_S): the
+    server ends the stream, EventSource's reconnect with the old URL is refused, and the page
+    asks for a fresh URL and carries on after the last event it showed (VG.EventFeed)."""
+    from api.tokens import mint_token
+
+    token = mint_token(AUTH_SECRET, "alice", "view", 600)
+    image = np.full((480, 640, 3), 80, np.uint8)
+    async with running_server(AUTH_MODE="jwt", JWT_SECRET=AUTH_SECRET, SIGNED_URL_TTL_S=10) as (url, svc):
+        first = await svc.events.emit("lobby", "person_seen", 1, image)
+        page = await browser.new_page()
+        lists = []  # the /api/events requests: the first, then one per fresh stream URL
+        page.on("request", lambda r: lists.append(r.url) if "/api/events?" in r.url else None)
+        await page.add_init_script(f"sessionStorage.setItem('visionguard.token', {token!r})")
+        await page.goto(url + "/demo")
+        await page.wait_for_function("window.vg.events === 1 && "
+                                     "document.getElementById('events-state').textContent === 'live'", timeout=15000)
+        for _ in range(600):  # the URL expires after 10 s; the refused reconnect, then 3 s more
+            if len(lists) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert len(lists) >= 2 and f"since={first['id']}" in lists[1], lists
+        await page.wait_for_function("document.getElementById('events-state').textContent === 'live'", timeout=15000)
+        second = await svc.events.emit("lobby", "person_gone", 0, image)  # over the fresh stream
+        await page.wait_for_function("window.vg.events === 2", timeout=15000)
+        ids = await page.evaluate("[...document.querySelectorAll('#events li')].map((li) => +li.dataset.id)")
+        assert ids == [second["id"], first["id"]]
+        assert await page.evaluate("window.vg.lastEventId") == second["id"]
+        await page.close()
