@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 from typing import Any, Callable
 
 import starlette
@@ -42,10 +43,12 @@ import starlette.applications
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http import h11_impl
-from uvicorn.server import Server
+from uvicorn.server import Server, ServerState
 
 from compat.checks import check_internals
 from compat.uvicorn import PINNED, GuardedConnection, http_implementations
+
+log = logging.getLogger("visionguard.connections")
 
 ABORT = "visionguard.abort"
 CLOSING = "visionguard.closing"
@@ -119,8 +122,13 @@ async def _tell_late_connections(server_state: Any) -> None:
     while True:
         await asyncio.sleep(LATE_POLL_S)
         for connection in list(server_state.connections):
-            if not getattr(connection, SHUTTING_DOWN, False):
+            if getattr(connection, SHUTTING_DOWN, False):
+                continue
+            setattr(connection, SHUTTING_DOWN, True)  # told once, whatever its class (a WebSocket too)
+            try:
                 connection.shutdown()
+            except Exception:  # one connection's failure must not leave the others untold
+                log.exception("shutdown: telling a connection to close failed")
 
 
 def install(app: FastAPI) -> None:
@@ -149,7 +157,8 @@ def _cycle_ok(cycle: Any, protocol: Any) -> bool:
 
 def _server_shutdown() -> bool:
     return (inspect.iscoroutinefunction(Server.shutdown) and "server_state" in _names(Server.__init__)
-            and {"connections", "shutdown"} <= set(_names(inspect.unwrap(Server.shutdown))))
+            and "connections" in _names(inspect.unwrap(Server.shutdown))
+            and "connections" in _names(ServerState.__init__))
 
 
 def _h11() -> bool:

@@ -132,6 +132,7 @@
       this.lastId = null;
       this.stream = null;
       this.retry = null;
+      this.loads = 0; // each load() and close() counts: only the newest load opens a stream
     }
 
     show(e) {
@@ -146,14 +147,17 @@
     async load() {
       if (this.stream) return undefined;
       clearTimeout(this.retry);
+      const load = ++this.loads;
       let body;
       try {
         const since = this.lastId !== null ? `&since=${this.lastId}` : "";
         body = await this.call(`/api/events?limit=${this.shown}${since}`);
       } catch (e) {
+        if (load !== this.loads) return undefined; // a newer load (e.g. with a new token) says how it is
         this.stateBox.textContent = e.status === 401 || e.status === 403 ? "needs a token" : "unavailable";
         throw e;
       }
+      if (load !== this.loads || this.stream) return undefined; // two at once (page start, then Connect)
       body.events.slice().reverse().forEach((e) => this.show(e)); // oldest first: the newest ends on top
       const stream = openEventStream(body.stream_url, this.lastId, {
         show: (e) => this.show(e),
@@ -170,6 +174,7 @@
     }
 
     close() {
+      this.loads += 1; // a load on its way opens nothing
       if (this.stream) this.stream.close();
       this.stream = null;
     }

@@ -140,7 +140,10 @@ async function api(path, options, token = VG.storedToken()) {
   try {
     return await VG.api(path, options, token);
   } catch (e) {
-    if (!e.status) throw e; // the server cannot be reached
+    if (!e.status) { // the server cannot be reached (the browser's own words for why vary)
+      e.message = "The server cannot be reached";
+      throw e;
+    }
     if ((e.status === 401 || e.status === 403) && !(options && options.quiet)) askForToken();
     e.message = plainMessage(e.status, e.code, e.detail, token);
     throw e;
