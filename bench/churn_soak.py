@@ -66,10 +66,8 @@ async def cycle(url: str, i: int) -> None:
         await viewer.close()
     elif ending == 1:
         await viewer.close()
-    else:  # vanish: close the sockets under the connection, say nothing
-        ice = viewer.pc.getTransceivers()[0].receiver.transport.transport
-        for protocol in ice._connection._protocols:
-            protocol.transport.close()
+    else:  # the client's sockets close without a word
+        viewer.vanish()
         await asyncio.sleep(0)
         await viewer.close()
 

@@ -41,6 +41,13 @@ class Viewer:
     async def close(self) -> None:
         await self.pc.close()
 
+    def vanish(self) -> None:
+        """Disappear without a word (a killed tab, a lost network): the UDP sockets under this
+        client's ICE connection close; no BYE, no DTLS close (aioice 0.13's `_protocols`)."""
+        ice = self.pc.getTransceivers()[0].receiver.transport.transport
+        for protocol in ice._connection._protocols:
+            protocol.transport.close()
+
 
 async def connect(base_url: str, timeout: float = 30.0, detections: bool = False, send_track=None,
                   codec: Optional[str] = None, configuration: Optional[RTCConfiguration] = None,
