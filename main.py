@@ -190,7 +190,7 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_root_routes(app)
     app.add_middleware(NodeHeader, node_id=settings.node_id)  # on every answer, errors and 413s too
-    add_connection_extensions(app)  # outermost: the event stream can abort a connection
+    add_connection_extensions(app, settings.SHUTDOWN_GRACE_S)  # outermost: streams can abort a connection
     return app
 
 

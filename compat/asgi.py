@@ -22,7 +22,8 @@ sees uvicorn's own `send`). For each HTTP request served by uvicorn it puts into
   accept, so one accepted as the shutdown begins is never sent `shutdown()`: its stream would
   hold the shutdown for good, and once the stream ends its idle keep-alive connection would,
   if the client comes back on it. So the server's `shutdown` also tells, until it is over,
-  each connection uvicorn has not told. The request's own
+  each connection uvicorn has not told, and aborts those still open after the app's grace
+  (SHUTDOWN_GRACE_S: a download nobody reads would hold it for good). The request's own
   `keep_alive` would not do: it is False from the start for HTTP/1.0 and `Connection: close`
   requests (nginx's default to upstreams).
 
@@ -57,8 +58,9 @@ CLOSING = "visionguard.closing"
 class ConnectionExtensions:
     """The outermost ASGI layer: adds ABORT and CLOSING for requests served by uvicorn."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, grace_s: float) -> None:
         self.app = app
+        self.grace_s = grace_s
         self.cycles = tuple(cycle for _, cycle in http_implementations())
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -69,13 +71,16 @@ class ConnectionExtensions:
                 protocol = transport.get_protocol()
                 if isinstance(protocol, GuardedConnection):  # compat.uvicorn's limits sit in between
                     protocol = protocol.inner
+                setattr(protocol.server_state, GRACE, self.grace_s)  # for this server's shutdown
                 scope["extensions"] = {**(scope.get("extensions") or {}), ABORT: transport.abort,
                                        CLOSING: functools.partial(_closing, protocol)}
         await self.app(scope, receive, send)
 
 
 SHUTTING_DOWN = "_visionguard_shutting_down"  # set on a protocol, and on its server's state, at shutdown
+GRACE = "_visionguard_grace_s"  # set on a server's state: how long its shutdown waits for open responses
 LATE_POLL_S = 0.1  # how often, during a shutdown, connections uvicorn has not told are looked for
+DEFAULT_GRACE_S = 10.0  # a server whose connections never reached the app (config.SHUTDOWN_GRACE_S)
 
 
 def _closing(protocol: Any) -> bool:
@@ -102,7 +107,7 @@ def _mark_server_shutdown() -> None:
 
     async def shutdown(self, *args, **kwargs) -> None:
         setattr(self.server_state, SHUTTING_DOWN, True)  # before it closes anything
-        late = asyncio.ensure_future(_tell_late_connections(self.server_state))
+        late = asyncio.ensure_future(_close_connections(self.server_state))
         try:
             await original(self, *args, **kwargs)
         finally:
@@ -113,14 +118,30 @@ def _mark_server_shutdown() -> None:
     Server.shutdown = shutdown  # type: ignore[method-assign]
 
 
-async def _tell_late_connections(server_state: Any) -> None:
-    """uvicorn sends `shutdown()` once, to the connections it has then. One whose protocol is
-    made after that pass is never told: its stream ends (it sees the marked state), but the
-    connection stays open, and a client that comes back on it before the keep-alive timeout
-    (EventSource: `retry: 3000`, uvicorn: 5 s) holds the shutdown for good. So, until the
-    shutdown is over, every connection not yet told is told."""
+async def _close_connections(server_state: Any) -> None:
+    """Until the shutdown is over:
+
+    - uvicorn sends `shutdown()` once, to the connections it has then. One whose protocol is
+      made after that pass is never told: its stream ends (it sees the marked state), but the
+      connection stays open, and a client that comes back on it before the keep-alive timeout
+      (EventSource: `retry: 3000`, uvicorn: 5 s) holds the shutdown for good. So every
+      connection not yet told is told.
+    - uvicorn waits for open responses, by default for good: a download that a paused `<video>`
+      stopped reading never ends. After the server's grace (SHUTDOWN_GRACE_S) the connections
+      still open are aborted: their pending `send` returns (see ABORT), quietly, where uvicorn's
+      own `timeout_graceful_shutdown` would cancel each request and log its traceback."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + getattr(server_state, GRACE, DEFAULT_GRACE_S)
     while True:
         await asyncio.sleep(LATE_POLL_S)
+        if loop.time() >= deadline and server_state.connections:
+            deadline = float("inf")
+            open_now = list(server_state.connections)
+            log.warning("shutdown: %d connection(s) still open after SHUTDOWN_GRACE_S; closing them", len(open_now))
+            for connection in open_now:
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.abort()
         for connection in list(server_state.connections):
             if getattr(connection, SHUTTING_DOWN, False):
                 continue
@@ -131,14 +152,15 @@ async def _tell_late_connections(server_state: Any) -> None:
                 log.exception("shutdown: telling a connection to close failed")
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, grace_s: float = DEFAULT_GRACE_S) -> None:
     """Wrap the middleware stack the app will build on its first request (and, once per
-    process, the protocols' `shutdown`)."""
+    process, the protocols' `shutdown`); `grace_s`: how long a shutdown of the server that
+    serves it waits for open responses."""
     for protocol_class, _ in http_implementations():
         _mark_shutdown(protocol_class)
     _mark_server_shutdown()
     build = app.build_middleware_stack
-    app.build_middleware_stack = lambda: ConnectionExtensions(build())  # type: ignore[method-assign]
+    app.build_middleware_stack = lambda: ConnectionExtensions(build(), grace_s)  # type: ignore[method-assign]
 
 
 # -- the self-check -----------------------------------------------------------------------------
@@ -152,7 +174,8 @@ def _cycle_ok(cycle: Any, protocol: Any) -> bool:
             and "disconnected" in _names(cycle.send)
             and "send" in _names(cycle.run_asgi) and "disconnected" in _names(cycle.run_asgi)
             and {"disconnected", "resume_writing"} <= set(_names(protocol.connection_lost))
-            and callable(getattr(protocol, "shutdown", None)) and "server_state" in _names(protocol.__init__))
+            and callable(getattr(protocol, "shutdown", None)) and "server_state" in _names(protocol.__init__)
+            and "transport" in _names(protocol.connection_made))
 
 
 def _server_shutdown() -> bool:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -86,3 +88,43 @@ def test_https_with_ssl_settings(tmp_path):
 def test_ssl_files_must_come_together(monkeypatch, tmp_path):
     monkeypatch.delenv("SSL_KEYFILE", raising=False)
     assert "SSL_KEYFILE" in startup_error(monkeypatch, SSL_CERTFILE=str(tmp_path / "cert.pem"))
+
+
+def test_a_stop_waits_for_a_download_nobody_reads_only_shutdown_grace_s(tmp_path):
+    """A `<video>` that paused stops reading its download, so the response never ends; uvicorn
+    waits for open responses when it stops (by default for good). The server waits
+    SHUTDOWN_GRACE_S, then closes the connection, quietly, and the process exits."""
+    import socket
+
+    from recording.store import RecordingStore
+
+    store = RecordingStore(tmp_path)
+    info = store.create("default", "manual")
+    size = 256 * 1024 * 1024  # far more than the two sockets' buffers hold
+    with open(store.video_path(info.recording_id), "wb") as f:
+        f.truncate(size)  # sparse: no disk used
+    info.state, info.bytes, info.ended_at = "done", size, time.time()
+    store.save(info)
+    port = free_port()
+    env = {**base_env(port), "RECORDINGS_DIR": str(tmp_path), "SHUTDOWN_GRACE_S": "2"}
+    proc = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
+        reader = socket.create_connection(("127.0.0.1", port))
+        reader.sendall(f"GET /api/recordings/{info.recording_id} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        assert reader.recv(4096).startswith(b"HTTP/1.1 200")  # then it reads no more
+        time.sleep(2)  # the server fills the buffers and waits for them to drain
+        proc.terminate()
+        out, _ = proc.communicate(timeout=60)  # without the grace, it would wait for good
+        reader.setblocking(False)
+        with contextlib.suppress(BlockingIOError, ConnectionError):
+            while reader.recv(1 << 20):  # what the buffers held, then the end: the connection was closed
+                pass
+        reader.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode in (0, -signal.SIGTERM), out  # uvicorn ends with the signal it stopped for
+    assert "1 connection(s) still open after SHUTDOWN_GRACE_S" in out and "Traceback" not in out, out

@@ -90,7 +90,7 @@ async def test_a_connection_that_fails_to_close_leaves_no_other_untold(caplog):
     raises is logged and the rest are still told."""
     from uvicorn.server import ServerState
 
-    from compat.asgi import LATE_POLL_S, _tell_late_connections
+    from compat.asgi import LATE_POLL_S, _close_connections
 
     class Connection:
         def __init__(self, fails: bool) -> None:
@@ -104,7 +104,7 @@ async def test_a_connection_that_fails_to_close_leaves_no_other_untold(caplog):
     state = ServerState()
     broken, fine = Connection(True), Connection(False)
     state.connections.update({broken, fine})
-    task = asyncio.ensure_future(_tell_late_connections(state))
+    task = asyncio.ensure_future(_close_connections(state))
     await asyncio.sleep(LATE_POLL_S * 5)
     task.cancel()
     assert (broken.told, fine.told) == (1, 1) and "telling a connection to close failed" in caplog.text
