@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     SERVER_PORT: int = Field(8000, ge=1, le=65535)
     DEBUG_MODE: bool = False
     # how long a stop (Ctrl-C, SIGTERM) waits for open responses (a download a paused <video> holds)
-    SHUTDOWN_GRACE_S: int = Field(10, ge=1, le=3600)
+    SHUTDOWN_GRACE_S: float = Field(10.0, gt=0, le=3600)
     SSL_CERTFILE: Optional[Path] = None
     SSL_KEYFILE: Optional[Path] = None
 

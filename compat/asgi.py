@@ -131,13 +131,15 @@ async def _close_connections(server_state: Any) -> None:
       still open are aborted: their pending `send` returns (see ABORT), quietly, where uvicorn's
       own `timeout_graceful_shutdown` would cancel each request and log its traceback."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + getattr(server_state, GRACE, DEFAULT_GRACE_S)
+    grace = getattr(server_state, GRACE, DEFAULT_GRACE_S)
+    deadline = loop.time() + grace
     while True:
         await asyncio.sleep(LATE_POLL_S)
         if loop.time() >= deadline and server_state.connections:
             deadline = float("inf")
             open_now = list(server_state.connections)
-            log.warning("shutdown: %d connection(s) still open after SHUTDOWN_GRACE_S; closing them", len(open_now))
+            log.warning("shutdown: %d connection(s) still open after %g s (SHUTDOWN_GRACE_S); closing them",
+                        len(open_now), grace)
             for connection in open_now:
                 transport = getattr(connection, "transport", None)
                 if transport is not None:
