@@ -56,7 +56,8 @@ CLOSING = "visionguard.closing"
 
 
 class ConnectionExtensions:
-    """The outermost ASGI layer: adds ABORT and CLOSING for requests served by uvicorn."""
+    """The outermost ASGI layer: adds ABORT and CLOSING for requests served by uvicorn, and
+    gives the server the app's shutdown grace."""
 
     def __init__(self, app: Any, grace_s: float) -> None:
         self.app = app
