@@ -81,7 +81,7 @@ class ConnectionExtensions:
 SHUTTING_DOWN = "_visionguard_shutting_down"  # set on a protocol, and on its server's state, at shutdown
 GRACE = "_visionguard_grace_s"  # set on a server's state: how long its shutdown waits for open responses
 LATE_POLL_S = 0.1  # how often, during a shutdown, connections uvicorn has not told are looked for
-DEFAULT_GRACE_S = 10.0  # a server whose connections never reached the app (config.SHUTDOWN_GRACE_S)
+DEFAULT_GRACE_S = 10.0  # a server no request of the app's reached (it has no open response to wait for)
 
 
 def _closing(protocol: Any) -> bool:
@@ -155,7 +155,7 @@ async def _close_connections(server_state: Any) -> None:
                 log.exception("shutdown: telling a connection to close failed")
 
 
-def install(app: FastAPI, grace_s: float = DEFAULT_GRACE_S) -> None:
+def install(app: FastAPI, grace_s: float) -> None:
     """Wrap the middleware stack the app will build on its first request (and, once per
     process, the protocols' `shutdown`); `grace_s`: how long a shutdown of the server that
     serves it waits for open responses."""
